@@ -1,0 +1,13 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""GALD-DC for long-tailed recognition, as an MMPretrain plugin.
+
+Importing the package registers every component in MMPretrain's registries
+and applies the small compatibility fixes this stack needs (see
+:mod:`galddc_mm.utils.compat`). Configs load it with
+``custom_imports = dict(imports=['galddc_mm'], allow_failed_imports=False)``.
+"""
+from .utils import compat  # noqa: F401,I001  (must run before anything loads a checkpoint)
+from . import datasets, engine, evaluation, models  # noqa: F401
+from .version import __version__
+
+__all__ = ['__version__']

@@ -1,0 +1,2 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+__all__ = []
