@@ -6,7 +6,10 @@ and applies the small compatibility fixes this stack needs (see
 :mod:`galddc_mm.utils.compat`). Configs load it with
 ``custom_imports = dict(imports=['galddc_mm'], allow_failed_imports=False)``.
 """
-from .utils import compat  # noqa: F401,I001  (must run before anything loads a checkpoint)
+# isort: off
+# The compatibility fixes must be in place before anything loads a checkpoint.
+from .utils import compat  # noqa: F401
+# isort: on
 from . import datasets, engine, evaluation, models  # noqa: F401
 from .version import __version__
 

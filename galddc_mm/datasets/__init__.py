@@ -1,2 +1,14 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .cifar_lt import CIFAR10LT, CIFAR100LT, ldam_long_tail_select
+from .digits_lt import DigitsLT
+from .imagenet_lt import ImageNetLT
+from .inat2018 import INat2018
+from .list_lt import LongTailListDataset, parse_list_file
+from .long_tail import BANDS, LongTailMixin, class_bands, long_tail_counts
+from .places_lt import PlacesLT
+
+__all__ = [
+    'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'DigitsLT', 'INat2018', 'ImageNetLT',
+    'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'class_bands',
+    'ldam_long_tail_select', 'long_tail_counts', 'parse_list_file'
+]

@@ -1,2 +1,4 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .long_tail_accuracy import LongTailAccuracy
+
+__all__ = ['LongTailAccuracy']

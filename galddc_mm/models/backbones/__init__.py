@@ -1,2 +1,4 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .cifar_resnet import CifarResNet
+
+__all__ = ['CifarResNet']
