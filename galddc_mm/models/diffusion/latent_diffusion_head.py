@@ -1,0 +1,264 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmpretrain.registry import MODELS
+from torch import Tensor
+
+
+class DiffusionOutput(NamedTuple):
+    """Training-time outputs of :class:`LatentDiffusionHead`.
+
+    Attributes:
+        noise (Tensor): The noise :math:`\\epsilon` added, standardised
+            space, ``(B, D)``.
+        pred_noise (Tensor): :math:`\\epsilon_\\theta(z_t, t, y)`,
+            standardised space, ``(B, D)``.
+        t (Tensor): Timesteps, ``(B, )`` long.
+        z_t (Tensor): Noisy latents, standardised space, ``(B, D)``.
+        pred_z0 (Tensor): Denoised estimate :math:`\\tilde z_0` in ENCODER
+            space (denormalised), ``(B, D)``, differentiable w.r.t. the
+            denoiser parameters.
+    """
+    noise: Tensor
+    pred_noise: Tensor
+    t: Tensor
+    z_t: Tensor
+    pred_z0: Tensor
+
+
+def _build(cfg: Union[dict, nn.Module], **defaults) -> nn.Module:
+    """Build ``cfg`` with ``defaults`` filled in, or check a built module.
+
+    A value in ``cfg`` (or an attribute of a built module) that contradicts
+    a default is an error: the head's ``latent_dim``/``num_classes`` are the
+    single source of truth.
+    """
+    if isinstance(cfg, nn.Module):
+        for key, value in defaults.items():
+            if getattr(cfg, key, value) != value:
+                raise ValueError(
+                    f'{type(cfg).__name__}.{key}={getattr(cfg, key)} does '
+                    f'not match the head\'s {key}={value}.')
+        return cfg
+    if not isinstance(cfg, dict):
+        raise TypeError('Expected a config dict or an nn.Module, got '
+                        f'{type(cfg).__name__}.')
+    cfg = dict(cfg)
+    for key, value in defaults.items():
+        if cfg.setdefault(key, value) != value:
+            raise ValueError(
+                f'{cfg.get("type")} config sets {key}={cfg[key]}, but the '
+                f'head has {key}={value}; drop {key} from the sub-config.')
+    return MODELS.build(cfg)
+
+
+@MODELS.register_module()
+class LatentDiffusionHead(BaseModule):
+    r"""Class-conditional latent diffusion on pooled encoder features.
+
+    Owns the four pieces of the latent diffusion model: a
+    :class:`NoiseSchedule`, a denoiser :math:`\epsilon_\theta(z_t, t, y)`
+    (default :class:`ResMLPDenoiser`), a :class:`DDIMSampler` and a
+    :class:`LatentNormalizer`. Diffusion runs on standardised latents
+    :math:`\hat z = (z - m) / s`; inputs and outputs of the head are in
+    encoder space.
+
+    Training (:meth:`forward`), with :math:`t \sim U\{0..T-1\}`,
+    :math:`\epsilon \sim N(0, I)`:
+
+    .. math::
+        \hat z_t = \sqrt{\bar\alpha_t}\, \hat z_0
+                 + \sqrt{1 - \bar\alpha_t}\, \epsilon, \quad
+        \tilde z_0 = s \odot \frac{\hat z_t - \sqrt{1 - \bar\alpha_t}\,
+                     \epsilon_\theta(\hat z_t, t, y)}{\sqrt{\bar\alpha_t}}
+                     + m
+
+    and :math:`L_{LDM} = \| \epsilon - \epsilon_\theta \|^2` is computed by
+    the caller from the returned :class:`DiffusionOutput`. For
+    classifier-free guidance, each label is replaced by the null class with
+    probability ``cond_drop_prob`` (training mode only).
+
+    Args:
+        latent_dim (int): Latent dimension ``D``.
+        num_classes (int): Number of classes ``K``.
+        schedule (dict | nn.Module): The noise schedule.
+            Defaults to ``dict(type='NoiseSchedule')``.
+        denoiser (dict | nn.Module): The noise predictor; ``latent_dim``
+            and ``num_classes`` are filled in. It must expose ``null_class``
+            for guidance. Defaults to ``dict(type='ResMLPDenoiser')``.
+        sampler (dict | nn.Module): The sampler.
+            Defaults to ``dict(type='DDIMSampler')``.
+        cond_drop_prob (float): Probability of dropping the label during
+            training. Defaults to 0.0.
+        init_cfg (dict | list[dict], optional): Initialisation config.
+            Defaults to None.
+        normalizer (dict | nn.Module): The latent standardisation;
+            ``latent_dim`` is filled in.
+            Defaults to ``dict(type='LatentNormalizer')``.
+    """
+
+    # The dict defaults follow OpenMMLab's convention; `_build` copies them
+    # before use, so they are never mutated (hence the B006 waivers).
+    def __init__(
+            self,
+            latent_dim: int,
+            num_classes: int,
+            schedule: Union[dict, nn.Module] = dict(  # noqa: B006
+                type='NoiseSchedule'),
+            denoiser: Union[dict, nn.Module] = dict(  # noqa: B006
+                type='ResMLPDenoiser'),
+            sampler: Union[dict, nn.Module] = dict(  # noqa: B006
+                type='DDIMSampler'),
+            cond_drop_prob: float = 0.0,
+            init_cfg: Optional[Union[dict, list]] = None,
+            normalizer: Union[dict, nn.Module] = dict(  # noqa: B006
+                type='LatentNormalizer')):
+        super().__init__(init_cfg=init_cfg)
+        for name, value in (('latent_dim', latent_dim), ('num_classes',
+                                                         num_classes)):
+            if (isinstance(value, bool) or not isinstance(value, int)
+                    or value < 1):
+                raise ValueError(f'`{name}` must be an int >= 1, got '
+                                 f'{value!r}.')
+        if not 0 <= cond_drop_prob <= 1:
+            raise ValueError('`cond_drop_prob` must be in [0, 1], got '
+                             f'{cond_drop_prob!r}.')
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.cond_drop_prob = float(cond_drop_prob)
+        self.schedule = _build(schedule)
+        self.denoiser = _build(
+            denoiser, latent_dim=latent_dim, num_classes=num_classes)
+        self.sampler = _build(sampler)
+        self.normalizer = _build(normalizer, latent_dim=latent_dim)
+
+    @property
+    def null_class(self) -> int:
+        """Label that means "no class" (classifier-free guidance)."""
+        return getattr(self.denoiser, 'null_class', self.num_classes)
+
+    def forward(self,
+                z0: Tensor,
+                labels: Tensor,
+                noise: Optional[Tensor] = None,
+                t: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None
+                ) -> DiffusionOutput:
+        """Training-time forward: noise the latents and predict the noise.
+
+        Args:
+            z0 (Tensor): Encoder-space latents, shape ``(B, D)``.
+            labels (Tensor): Class labels, shape ``(B, )``.
+            noise (Tensor, optional): :math:`\\epsilon` in standardised
+                space; drawn from ``N(0, I)`` when None. Defaults to None.
+            t (Tensor, optional): Timesteps ``(B, )``; uniform when None.
+                Defaults to None.
+            generator (torch.Generator, optional): Generator (on the device
+                of ``z0``) for ``t``, ``noise`` and label dropping.
+                Defaults to None.
+
+        Returns:
+            DiffusionOutput: ``noise``, ``pred_noise``, ``t``, ``z_t``
+            (standardised space) and ``pred_z0`` (encoder space).
+        """
+        if z0.dim() != 2 or z0.size(1) != self.latent_dim:
+            raise ValueError(f'`z0` must have shape (B, {self.latent_dim}), '
+                             f'got {tuple(z0.shape)}.')
+        batch, device = z0.size(0), z0.device
+        if labels.shape != (batch, ):
+            raise ValueError(f'`labels` must have shape ({batch}, ), got '
+                             f'{tuple(labels.shape)}.')
+        z0_std = self.normalizer.normalize(z0)
+        if t is None:
+            t = self.schedule.sample_timesteps(
+                batch, device, generator=generator)
+        elif t.shape != (batch, ):
+            raise ValueError(f'`t` must have shape ({batch}, ), got '
+                             f'{tuple(t.shape)}.')
+        if noise is None:
+            noise = torch.randn(
+                z0_std.shape,
+                generator=generator,
+                device=device,
+                dtype=z0_std.dtype)
+        elif noise.shape != z0.shape:
+            raise ValueError(f'`noise` must have shape {tuple(z0.shape)}, '
+                             f'got {tuple(noise.shape)}.')
+        cond = labels
+        if self.training and self.cond_drop_prob > 0:
+            drop = torch.rand(
+                batch, generator=generator,
+                device=device) < self.cond_drop_prob
+            cond = torch.where(drop, torch.full_like(labels, self.null_class),
+                               labels)
+        z_t = self.schedule.q_sample(z0_std, t, noise)
+        pred_noise = self.denoiser(z_t, t, cond)
+        pred_z0 = self.normalizer.denormalize(
+            self.schedule.predict_z0(z_t, t, pred_noise))
+        return DiffusionOutput(noise, pred_noise, t, z_t, pred_z0)
+
+    @torch.no_grad()
+    def sample(self,
+               labels: Tensor,
+               num_steps: Optional[int] = None,
+               eta: Optional[float] = None,
+               guidance_scale: Optional[float] = None,
+               clamp: Optional[float] = None,
+               generator: Optional[torch.Generator] = None,
+               z_T: Optional[Tensor] = None) -> Tensor:
+        """Draw latents :math:`\\hat z_0 \\sim p_\\theta(z_0 | y)` by DDIM.
+
+        Sampling uses the denoiser as it is; call ``.eval()`` first if it
+        has dropout.
+
+        Args:
+            labels (Tensor): Class of each sample, shape ``(B, )``.
+            num_steps (int, optional): DDIM steps. Defaults to the
+                sampler's.
+            eta (float, optional): DDIM :math:`\\eta`. Defaults to the
+                sampler's.
+            guidance_scale (float, optional): Classifier-free guidance
+                scale. Defaults to the sampler's.
+            clamp (float, optional): The seed's ``feature_clamp_max``: the
+                :math:`\\hat z_0` estimate is clamped to ``[-clamp, clamp]``
+                in ENCODER space at every step (and so is the result).
+                Defaults to None.
+            generator (torch.Generator, optional): Generator on the device
+                of ``labels``. Defaults to None.
+            z_T (Tensor, optional): Starting noise, standardised space,
+                ``(B, D)``. Defaults to None.
+
+        Returns:
+            Tensor: Encoder-space latents, shape ``(B, D)``.
+        """
+        z0_fn = None
+        if clamp is not None:
+            if not clamp > 0:
+                raise ValueError(
+                    f'`clamp` must be None or > 0, got {clamp!r}.')
+
+            def z0_fn(z: Tensor) -> Tensor:
+                z = self.normalizer.denormalize(z).clamp(-clamp, clamp)
+                return self.normalizer.normalize(z)
+
+        z0 = self.sampler.sample(
+            self.denoiser,
+            self.schedule,
+            labels,
+            self.latent_dim,
+            num_steps=num_steps,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            null_label=self.null_class,
+            generator=generator,
+            z0_fn=z0_fn,
+            z_T=z_T)
+        z0 = self.normalizer.denormalize(z0)
+        if clamp is not None:
+            # The last step returns the clamped estimate; clamp again only
+            # to remove the round-off of normalise -> denormalise.
+            z0 = z0.clamp(-clamp, clamp)
+        return z0
