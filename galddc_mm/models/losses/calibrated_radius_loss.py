@@ -1,0 +1,67 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmpretrain.registry import MODELS
+
+from .utils import check_latents_and_prototypes, zero_loss
+
+
+@MODELS.register_module()
+class CalibratedRadiusLoss(nn.Module):
+    r"""Calibrated radius loss of GALD-DC (stage 2).
+
+    Asks the distance of each denoised estimate to its class prototype to
+    match the class's calibrated radius (see :class:`ClassGeometry`,
+    :math:`r^{cal}_y = r^{obs}_y` for head classes and
+    :math:`\lambda r^{obs}_y + (1 - \lambda) r_{prior}` for tail ones):
+
+    .. math::
+        \mathcal{L}_{rad} = w \cdot \frac{1}{B} \sum_{i=1}^{B}
+            \left(\lVert \tilde{z}_{0,i} - \mathrm{sg}[\mu_{y_i}]
+            \rVert_2 - \mathrm{sg}[r^{cal}_{y_i}]\right)^2.
+
+    The norm is computed with a zero gradient at zero distance instead of
+    the NaN of :math:`\nabla \sqrt{x}` at 0, so a latent sitting exactly on
+    its prototype is harmless.
+
+    Args:
+        loss_weight (float): The weight :math:`w` of the loss
+            (:math:`\eta_r` of the paper). Defaults to 1.0.
+    """
+
+    def __init__(self, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(self, z0_hat: torch.Tensor, labels: torch.Tensor,
+                prototypes: torch.Tensor,
+                r_cal: torch.Tensor) -> torch.Tensor:
+        """Compute the loss.
+
+        Args:
+            z0_hat (torch.Tensor): Denoised latent estimates, shape (B, D).
+            labels (torch.Tensor): Class indices, shape (B,).
+            prototypes (torch.Tensor): Class prototypes, shape (K, D);
+                detached inside.
+            r_cal (torch.Tensor): Calibrated radii, shape (K,); detached
+                inside.
+
+        Returns:
+            torch.Tensor: The weighted loss, a 0-dim tensor.
+        """
+        check_latents_and_prototypes(z0_hat, labels, prototypes)
+        if r_cal.shape != prototypes.shape[:1]:
+            raise ValueError('`r_cal` must have shape (K,) = '
+                             f'({prototypes.shape[0]},) like the '
+                             f'prototypes, but got {tuple(r_cal.shape)}.')
+        if z0_hat.shape[0] == 0:
+            return zero_loss(z0_hat)
+        # The subtraction promotes fp16 latents to the fp32 prototypes.
+        diff = z0_hat - prototypes.detach()[labels]
+        # vector_norm's backward is masked to 0 where the norm is 0 (a
+        # valid subgradient), unlike sqrt(sum(diff^2)) whose gradient is
+        # NaN there; tests pin this.
+        dist = torch.linalg.vector_norm(diff, dim=1)
+        target = r_cal.detach()[labels].to(dist.dtype)
+        return F.mse_loss(dist, target) * self.loss_weight
