@@ -1,2 +1,21 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .compat import (
+    UnsafeCheckpointError,
+    apply_patches,
+    checkpoint_safe_globals,
+    safe_torch_load,
+)
+from .final_metrics import (
+    collect_split_metrics,
+    dump_final_metrics,
+    format_metrics_table,
+    log_final_metrics,
+)
+from .work_dir import WorkDir, load_per_class_accuracy
+
+__all__ = [
+    'UnsafeCheckpointError', 'apply_patches', 'checkpoint_safe_globals',
+    'collect_split_metrics', 'dump_final_metrics', 'format_metrics_table',
+    'log_final_metrics', 'safe_torch_load', 'WorkDir',
+    'load_per_class_accuracy'
+]

@@ -1,2 +1,383 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""Compatibility fixes for torch>=2.6 / mmengine 0.10.7 (filled in by the foundation work)."""
+"""Compatibility fixes for torch>=2.6, mmengine 0.10.7 and mmcv-lite.
+
+Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
+:func:`apply_patches` once. Each fix is as narrow as the problem it solves:
+
+1. **Checkpoints under ``weights_only=True``.** Since torch 2.6
+   ``torch.load`` defaults to ``weights_only=True``, and mmengine's
+   checkpoints hold more than tensors: the message hub pickles
+   ``mmengine.logging.HistoryBuffer`` objects, whose state holds numpy
+   arrays, numpy scalars (e.g. the ``eta`` runtime value) and the buffer's
+   statistics methods, pickled as ``getattr(HistoryBuffer, 'mean')``.
+   ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a checkpoint
+   written by mmengine 0.10.7's ``Runner`` lists exactly::
+
+       mmengine.logging.history_buffer.HistoryBuffer
+       numpy._core.multiarray._reconstruct, numpy.ndarray, numpy.dtype
+       numpy._core.multiarray.scalar, builtins.getattr
+
+   (and the numpy dtype classes, e.g. ``numpy.dtypes.Float64DType``, are
+   needed to restore a dtype's state). We allow-list exactly these with
+   ``torch.serialization.add_safe_globals``. ``builtins.getattr`` is not
+   allowed as such: the name is bound to :func:`_history_buffer_getattr`,
+   which only hands out ``HistoryBuffer``'s registered statistics methods.
+   Loading never falls back to ``weights_only=False``. mmengine's local-file
+   loader is replaced so that a refused checkpoint raises
+   :class:`UnsafeCheckpointError`, naming the refused globals and stating
+   that nothing from the file was executed; ``_load_checkpoint`` (used by
+   ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')``)
+   translates the same refusal coming from any other URI scheme.
+2. **``torchrun`` on CPU.** mmengine's ``_init_dist_pytorch`` calls
+   ``torch.cuda.set_device(local_rank)`` unconditionally, which raises on a
+   machine without CUDA, and configs ask for the ``nccl`` backend, which
+   needs GPUs. When neither CUDA nor another accelerator mmengine knows
+   (MLU, NPU, MUSA) is available, the process group is initialised with
+   ``gloo`` and ``set_device`` is skipped; on GPUs nothing changes.
+3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
+   missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
+   no model here uses) and setuptools' ``pkg_resources`` deprecation notice
+   (mmengine needs ``pkg_resources`` for ``mmpretrain::`` configs, and
+   ``setuptools<81`` is pinned for it).
+"""
+import functools
+import os.path as osp
+import pickle
+import re
+import warnings
+from typing import Any, Callable, List, Optional
+
+import mmengine.device as mmengine_device
+import mmengine.dist.utils as mmengine_dist_utils
+import mmengine.runner as mmengine_runner
+import mmengine.runner.checkpoint as mmengine_checkpoint
+import mmengine.runner.runner as mmengine_runner_module
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer, print_log
+from torch import distributed as torch_dist
+
+try:  # numpy>=2 moved ``numpy.core`` to ``numpy._core``
+    from numpy._core import multiarray as _np_multiarray
+except ImportError:  # pragma: no cover - numpy<2
+    from numpy.core import multiarray as _np_multiarray
+
+__all__ = [
+    'UnsafeCheckpointError', 'apply_patches', 'checkpoint_safe_globals',
+    'safe_torch_load'
+]
+
+_WEIGHTS_ONLY_FAILURE = 'Weights only load failed'
+_HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'add_safe_globals')
+_PATCHED = False
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint was refused because its pickle carries disallowed objects.
+
+    Raised instead of torch's generic ``UnpicklingError`` when
+    ``torch.load(weights_only=True)`` meets a global (a class or function)
+    that is not on the allow-list. The unpickler stops *before* calling or
+    building anything it refuses, so no code from the file has run.
+
+    Args:
+        filename (str): The checkpoint that was refused.
+        refused (list[str]): The refused globals, e.g. ``['posix.system']``.
+        detail (str): What the weights-only unpickler reported.
+    """
+
+    def __init__(self, filename: str, refused: List[str], detail: str):
+        self.filename = filename
+        self.refused = refused
+        what = (f'refers to {", ".join(refused)}, which is not'
+                if refused else 'asks for an object that is not')
+        super().__init__(
+            f'Refused to load checkpoint {filename!r}: its pickle {what} on '
+            'the allow-list of galddc_mm (tensors, containers, numpy '
+            'arrays/scalars and mmengine\'s HistoryBuffer). Nothing from the '
+            'file was executed: torch.load(weights_only=True) stops at the '
+            'first disallowed object. If you trust the file and the object '
+            'is harmless, allow-list it with '
+            'torch.serialization.add_safe_globals([...]) before loading. '
+            f'Unpickler said: {detail}')
+
+
+def _history_buffer_getattr(obj: Any, name: str) -> Callable:
+    """Restricted ``getattr`` for unpickling ``HistoryBuffer``.
+
+    ``HistoryBuffer.__getstate__`` stores its statistics methods, which
+    pickle writes as ``getattr(HistoryBuffer, 'mean')``. Allow-listing the
+    real ``builtins.getattr`` would let a pickle reach any attribute of any
+    object it can build (``__globals__``, ``__init__``, ...), so this
+    stand-in is bound to the name ``builtins.getattr`` instead and answers
+    only ``getattr(HistoryBuffer, <registered statistics method>)``.
+
+    Args:
+        obj (Any): Must be the ``HistoryBuffer`` class.
+        name (str): A registered statistics method (``min``, ``max``,
+            ``current``, ``mean`` or one added by ``register_statistics``).
+
+    Returns:
+        Callable: The statistics method.
+    """
+    allowed = set(HistoryBuffer._statistics_methods) | {
+        'min', 'max', 'current', 'mean'
+    }
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'getattr({obj!r}, {name!r}) is not allowed: checkpoints may only '
+        'refer to the statistics methods of HistoryBuffer '
+        f'({sorted(allowed)})')
+
+
+def checkpoint_safe_globals() -> list:
+    """Return the globals allow-listed for ``torch.load(weights_only=True)``.
+
+    Returns:
+        list: Classes/functions, or ``(object, 'full.path')`` pairs where the
+        path a pickle uses differs from the object's own (numpy 1.x paths and
+        the restricted ``getattr``).
+    """
+    safe = [
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        _np_multiarray._reconstruct,
+        _np_multiarray.scalar,
+        # Checkpoints written with numpy<2 name the same functions by their
+        # old module path.
+        (_np_multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
+        (_np_multiarray.scalar, 'numpy.core.multiarray.scalar'),
+        (_history_buffer_getattr, 'builtins.getattr'),
+    ]
+    # A pickled dtype is rebuilt with ``numpy.dtype(code)`` and then its
+    # state is set, which torch only allows for allow-listed types: the
+    # concrete dtype classes (``numpy.dtypes.Float64DType``, ...). Numeric
+    # and bool dtypes only; object arrays are not needed by any checkpoint.
+    safe += [type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG']
+    return safe
+
+
+def _refused_globals(filename: str, err: Exception) -> List[str]:
+    """Name the globals behind a weights-only refusal, without unpickling.
+
+    ``get_unsafe_globals_in_checkpoint`` only disassembles the pickle, so it
+    is safe on a hostile file. It lists every global not allow-listed; when
+    it cannot tell (e.g. a legacy, non-zip file) the names are parsed from
+    the unpickler's message.
+    """
+    names: List[str] = []
+    scan = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint',
+                   None)
+    if scan is not None:
+        try:
+            names = sorted(scan(filename))
+        except Exception:  # fall back to the message
+            names = []
+    if not names:
+        names = re.findall(r'GLOBAL (\S+) ', str(err))
+    return names
+
+
+def _unpickler_detail(err: Exception) -> str:
+    """Keep the unpickler's own reason, drop torch's generic advice.
+
+    torch's message suggests retrying with ``weights_only=False``, which is
+    exactly what must not be done with an untrusted file.
+    """
+    boilerplate = ('Weights only load failed', 'Please file an issue',
+                   'Check the documentation', '(1)', '(2)')
+    lines = []
+    for line in str(err).splitlines():
+        line = line.strip()
+        if not line or line.startswith(boilerplate):
+            continue
+        lines.append(line.replace('WeightsUnpickler error:', '').strip())
+    return ' '.join(line for line in lines if line)
+
+
+def _translate_refusal(filename: str, err: pickle.UnpicklingError,
+                       scan: bool) -> pickle.UnpicklingError:
+    """Turn torch's weights-only failure into a clear error.
+
+    Args:
+        filename (str): The file being loaded.
+        err (UnpicklingError): What ``torch.load`` raised.
+        scan (bool): Whether ``filename`` is a local file whose pickle may
+            be scanned for its globals.
+
+    Returns:
+        UnpicklingError: :class:`UnsafeCheckpointError` for a refused
+        object, a plain ``UnpicklingError`` saying the file is damaged for
+        an unknown opcode, or ``err`` itself for any other failure.
+    """
+    if _WEIGHTS_ONLY_FAILURE not in str(err):
+        return err  # not a weights-only refusal
+    detail = _unpickler_detail(err)
+    if detail.startswith('Unsupported operand'):
+        return pickle.UnpicklingError(
+            f'Cannot load checkpoint {filename!r}: it is damaged, not a '
+            'torch.save file, or uses a pickle opcode the safe loader does '
+            f'not support ({detail}). Nothing from the file was executed.')
+    refused = (_refused_globals(filename, err) if scan else re.findall(
+        r'GLOBAL (\S+) ', str(err)))
+    return UnsafeCheckpointError(filename, refused, detail)
+
+
+def safe_torch_load(filename: str, map_location: Optional[Any] = None):
+    """``torch.load(filename, weights_only=True)`` with a clear refusal.
+
+    Args:
+        filename (str): A local checkpoint file.
+        map_location (Any, optional): Same as in :func:`torch.load`.
+            Defaults to None.
+
+    Returns:
+        Any: The loaded object.
+
+    Raises:
+        UnsafeCheckpointError: If the pickle refers to a disallowed global.
+        pickle.UnpicklingError: If the file is damaged (unknown opcode).
+    """
+    try:
+        return torch.load(
+            filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _translate_refusal(str(filename), err, scan=True) from None
+
+
+def load_from_local(filename: str, map_location: Optional[Any] = None):
+    """Replacement for mmengine's ``load_from_local`` scheme handler."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_torch_load(filename, map_location=map_location)
+
+
+def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
+    """Translate weights-only refusals of any URI scheme.
+
+    Local files already raise :class:`UnsafeCheckpointError`; ``http://``,
+    ``torchvision://`` and friends call ``torch.load`` themselves and raise
+    torch's message, which advises ``weights_only=False``.
+    """
+
+    @functools.wraps(load_checkpoint)
+    def _load_checkpoint(filename, map_location=None, logger=None):
+        try:
+            return load_checkpoint(
+                filename, map_location=map_location, logger=logger)
+        except UnsafeCheckpointError:
+            raise
+        except pickle.UnpicklingError as err:
+            translated = _translate_refusal(str(filename), err, scan=False)
+            if translated is err:
+                raise
+            raise translated from None
+
+    _load_checkpoint._galddc_wrapped = True
+    return _load_checkpoint
+
+
+def _patch_checkpoint_loading() -> None:
+    """Allow-list mmengine's checkpoint content, install the clear refusal."""
+    if not _HAS_SAFE_GLOBALS:
+        # torch<2.4 cannot allow-list classes, so a weights-only load of an
+        # mmengine checkpoint cannot work; mmengine's own loader stays.
+        print_log(
+            f'torch {torch.__version__} has no add_safe_globals; checkpoints '
+            'are loaded by mmengine unchanged (torch>=2.4 is needed for the '
+            'safe loader).',
+            logger='current')
+        return
+    torch.serialization.add_safe_globals(checkpoint_safe_globals())
+    # ``prefixes=''`` is the local-file scheme; ``force`` replaces mmengine's
+    # handler registered under the same prefix.
+    mmengine_checkpoint.CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True)
+    mmengine_checkpoint.load_from_local = load_from_local
+    original = mmengine_checkpoint._load_checkpoint
+    if not getattr(original, '_galddc_wrapped', False):
+        wrapped = _wrap_load_checkpoint(original)
+        # ``Runner`` imported the function by name, so each namespace that
+        # holds it is updated (``load_checkpoint`` and ``Pretrained`` init
+        # look it up in the checkpoint module).
+        for module in (mmengine_checkpoint, mmengine_runner_module,
+                       mmengine_runner):
+            if hasattr(module, '_load_checkpoint'):
+                module._load_checkpoint = wrapped
+
+
+def _accelerator_available() -> bool:
+    """Whether mmengine's ``_init_dist_pytorch`` can bind a device."""
+    return (torch.cuda.is_available() or mmengine_device.is_mlu_available()
+            or mmengine_device.is_npu_available()
+            or mmengine_device.is_musa_available())
+
+
+def _make_init_dist_pytorch(original: Callable) -> Callable:
+    """Wrap ``_init_dist_pytorch`` so ``torchrun`` works without CUDA."""
+
+    @functools.wraps(original)
+    def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if _accelerator_available() or init_backend != 'torch':
+            return original(backend, init_backend=init_backend, **kwargs)
+        if backend != 'gloo':
+            # NCCL needs GPUs; gloo is torch's CPU backend.
+            print_log(
+                f'CUDA is not available: using the gloo backend instead of '
+                f'{backend!r}.',
+                logger='current')
+            backend = 'gloo'
+        # mmengine would call ``torch.cuda.set_device(local_rank)`` here,
+        # which fails without CUDA; a CPU process has no device to bind.
+        torch_dist.init_process_group(backend=backend, **kwargs)
+
+    _init_dist_pytorch._galddc_wrapped = True
+    return _init_dist_pytorch
+
+
+def _patch_init_dist() -> None:
+    """Install the CPU-aware ``_init_dist_pytorch`` (``init_dist`` looks it
+    up in its module at call time)."""
+    original = mmengine_dist_utils._init_dist_pytorch
+    if not getattr(original, '_galddc_wrapped', False):
+        mmengine_dist_utils._init_dist_pytorch = _make_init_dist_pytorch(
+            original)
+
+
+def _silence_known_warnings() -> None:
+    """Filter two harmless warnings of the pinned stack, by exact text.
+
+    - mmcv-lite's missing ``MultiScaleDeformableAttention`` (a CUDA op of
+      full mmcv that no model here uses), issued when anything imports
+      ``mmcv.cnn.bricks.transformer`` (mmpretrain's models do), which is why
+      ``galddc_mm`` imports this module first;
+    - setuptools' "pkg_resources is deprecated" notice: mmengine resolves
+      ``mmpretrain::`` configs with ``pkg_resources``, and ``setup.py``
+      pins ``setuptools<81`` which still ships it.
+    """
+    warnings.filterwarnings(
+        'ignore',
+        message=r'Fail to import ``MultiScaleDeformableAttention``',
+        category=UserWarning,
+        module=r'mmcv\.cnn\.bricks\.transformer')
+    warnings.filterwarnings(
+        'ignore',
+        message=r'pkg_resources is deprecated as an API',
+        category=UserWarning)
+
+
+def apply_patches() -> None:
+    """Apply every fix once; later calls do nothing."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    _silence_known_warnings()
+    _patch_checkpoint_loading()
+    _patch_init_dist()
+    _PATCHED = True
+
+
+apply_patches()
