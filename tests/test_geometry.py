@@ -84,7 +84,7 @@ class TestClassGeometry(TestCase):
         self.assertEqual(
             set(dict(geom.named_buffers())),
             {'counts', 'prototypes', 'r_obs', 'r_real', 'r_prior',
-             'initialized'})
+             'real_prototypes', 'initialized'})
         self.assertEqual(geom.counts.dtype, torch.int64)
         self.assertEqual(geom.prototypes.shape, (6, 4))
         self.assertEqual(geom.prototypes.dtype, torch.float32)
@@ -207,7 +207,7 @@ class TestClassGeometry(TestCase):
         state = {k: v.clone() for k, v in geom.state_dict().items()}
         self.assertEqual(
             set(state), {'counts', 'prototypes', 'r_obs', 'r_real', 'r_prior',
-                         'initialized'})
+                         'real_prototypes', 'initialized'})
         fresh = self.build(proto_momentum=0.5)
         fresh.load_state_dict(state)
         self.assertTrue(fresh.is_initialized)

@@ -1,2 +1,5 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .generation_report_hook import GenerationReportHook
+from .rank_consistency_hook import RankConsistencyHook
+
+__all__ = ['GenerationReportHook', 'RankConsistencyHook']

@@ -1,2 +1,4 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .galddc_train_loop import GALDDCTrainLoop
+
+__all__ = ['GALDDCTrainLoop']

@@ -1,2 +1,4 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-__all__ = []
+from .galddc_optim_constructor import GALDDCOptimWrapperConstructor
+
+__all__ = ['GALDDCOptimWrapperConstructor']

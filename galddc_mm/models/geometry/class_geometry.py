@@ -66,7 +66,8 @@ class ClassGeometry(BaseModule):
     and 0 for invalid classes.
 
     Everything is stored in persistent buffers (``counts``, ``prototypes``,
-    ``r_obs``, ``r_real``, ``r_prior``, ``initialized``), so checkpoints
+    ``r_obs``, ``r_real``, ``real_prototypes``, ``r_prior``,
+    ``initialized``), so checkpoints
     and ``--resume`` carry the geometry with no extra code. Every sum and
     count behind a statistic is all-reduced with
     :func:`mmengine.dist.all_reduce` (a no-op without distributed
@@ -124,6 +125,10 @@ class ClassGeometry(BaseModule):
                              torch.zeros(num_classes, latent_dim))
         self.register_buffer('r_obs', torch.zeros(num_classes))
         self.register_buffer('r_real', torch.zeros(num_classes))
+        # The prototypes of the real latents, kept apart from the EMA'd
+        # ``prototypes``: reports measure generated latents against them.
+        self.register_buffer('real_prototypes',
+                             torch.zeros(num_classes, latent_dim))
         self.register_buffer('r_prior', torch.zeros(()))
         # uint8 rather than bool: every collective backend (DDP's buffer
         # broadcast included) handles it.
@@ -328,6 +333,7 @@ class ClassGeometry(BaseModule):
 
         self.counts.copy_(counts)
         self.prototypes.copy_(protos)
+        self.real_prototypes.copy_(protos)
         self.r_real.copy_(radii)
         self.r_obs.copy_(radii)
         self.r_prior.copy_(radii[head].mean())

@@ -1,0 +1,50 @@
+# GALD-DC recipe for ResNet-50 on ImageNet-scale long-tailed sets, sized for
+# 8 GPUs x 64 images (total batch 512), without the data set:
+# configs/galddc/r50_imagenetlt.py and r50_placeslt.py add it.
+# - stage 1 (90 epochs): the instance-balanced CE recipe of Kang et al.
+#   (ICLR 2020): SGD lr 0.2 for batch 512, cosine, weight decay 5e-4,
+#   label smoothing 0.1 (as in the seed);
+# - stage 2 (20 epochs x 10 passes over the cached 2048-d latents);
+# - stage 3 (10 epochs, hybrid): E at 0.01x and G at 0.1x the base lr.
+_base_ = ['../galddc_default.py']
+
+model = dict(
+    backbone=dict(
+        type='ResNet', depth=50, num_stages=4, out_indices=(3, ),
+        style='pytorch'),
+    head=dict(in_channels=2048),
+    diffusion_head=dict(
+        denoiser=dict(hidden_dim=2048, num_blocks=4, time_embed_dim=256)),
+    geometry=dict(tau=20, lam=0.5),
+    geometry_t_fraction=0.5)
+
+train_cfg = dict(
+    stages=[
+        dict(name='representation', epochs=90),
+        dict(name='diffusion', epochs=20, cache_latents=True, batch_size=256,
+             repeat=10),
+        dict(name='finetune', epochs=10, mode='hybrid',
+             lr_mult=dict(encoder=0.01, head=0.1)),
+    ],
+    val_interval=5)
+
+optim_wrapper = dict(
+    encoder=dict(optimizer=dict(lr=0.2, weight_decay=5e-4)),
+    head=dict(optimizer=dict(lr=0.2, weight_decay=5e-4)),
+    diffusion=dict(optimizer=dict(lr=1e-3)))
+
+_schedule = [
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=90),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=110, end=120),
+]
+param_scheduler = dict(
+    encoder=_schedule,
+    head=_schedule,
+    diffusion=[
+        dict(type='CosineAnnealingLR', by_epoch=True, begin=90, end=110,
+             eta_min=1e-5)
+    ])
+
+# The lrs above are for a total batch of 512 (8 GPUs x 64);
+# `tools/train.py --auto-scale-lr` rescales them for another total batch.
+auto_scale_lr = dict(base_batch_size=512)

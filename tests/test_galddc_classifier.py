@@ -1,0 +1,341 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""GALDDCClassifier: what each stage computes and where its gradients go."""
+import copy
+from unittest import TestCase
+
+import torch
+from mmengine.optim import OptimWrapper, OptimWrapperDict
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+import galddc_mm  # noqa: F401
+
+NUM_CLASSES = 4
+
+DEFAULT_ARGS = dict(
+    type='GALDDCClassifier',
+    backbone=dict(type='CifarResNet', depth=20, in_channels=3),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(
+        type='LinearClsHead',
+        num_classes=NUM_CLASSES,
+        in_channels=64,
+        loss=dict(type='CrossEntropyLoss')),
+    diffusion_head=dict(
+        type='LatentDiffusionHead',
+        schedule=dict(type='NoiseSchedule', num_timesteps=50),
+        denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
+                      time_embed_dim=16),
+        sampler=dict(type='DDIMSampler', num_steps=5)),
+    geometry=dict(type='ClassGeometry', tau=3, lam=0.5),
+    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
+    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
+    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
+                     loss_weight=0.1),
+    pseudo_loss=dict(type='PseudoLatentCELoss', loss_weight=1.0),
+    consistency_loss=dict(type='FeatureConsistencyLoss', loss_weight=1.0),
+    data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=4))
+
+
+def _build(**overrides):
+    cfg = copy.deepcopy(DEFAULT_ARGS)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def _batch(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 3, 8, 8, generator=g)
+    labels = torch.arange(n) % NUM_CLASSES
+    samples = [DataSample().set_gt_label(int(y)) for y in labels]
+    return inputs, labels, samples
+
+
+def _init_geometry(model, counts=(6, 5, 2, 1)):
+    """Initialise normaliser + geometry from the model's own latents."""
+    labels = torch.cat(
+        [torch.full((n, ), c) for c, n in enumerate(counts)])
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(labels.numel(), 3, 8, 8, generator=g)
+    model.freeze_encoder_copy()
+    latents = model.encode_frozen(inputs)
+    model.diffusion_head.normalizer.fit(latents)
+    model.geometry.init_from_latents(latents, labels)
+    return latents, labels
+
+
+def _grads(module):
+    return {
+        n: (None if p.grad is None else p.grad.clone())
+        for n, p in module.named_parameters()
+    }
+
+
+def _no_grad(module):
+    return all(p.grad is None or not p.grad.any()
+               for p in module.parameters())
+
+
+class TestGALDDCClassifier(TestCase):
+
+    def test_build_and_dim_checks(self):
+        model = _build()
+        self.assertEqual(model.latent_dim, 64)
+        self.assertEqual(model.diffusion_head.latent_dim, 64)
+        self.assertEqual(model.geometry.num_classes, NUM_CLASSES)
+        cfg = copy.deepcopy(DEFAULT_ARGS)
+        cfg['geometry'] = dict(type='ClassGeometry', latent_dim=32)
+        with self.assertRaisesRegex(ValueError, 'latent_dim=32'):
+            MODELS.build(cfg)
+        cfg = copy.deepcopy(DEFAULT_ARGS)
+        cfg['diffusion_head'] = dict(cfg['diffusion_head'], latent_dim=128)
+        with self.assertRaisesRegex(ValueError, 'latent_dim'):
+            MODELS.build(cfg)
+        with self.assertRaisesRegex(ValueError, 'pseudo_label_dist'):
+            _build(pseudo_label_dist='random')
+        with self.assertRaisesRegex(ValueError, 'loss_weight must be >= 0'):
+            _build(proto_loss=dict(type='PrototypeLoss', loss_weight=-1))
+        with self.assertRaisesRegex(ValueError, 'Unknown stage'):
+            _build().set_stage('pretrain')
+        with self.assertRaisesRegex(ValueError, 'Unknown stage'):
+            _build().set_stage('finetune', 'hybird')
+
+    def test_frozen_copy_equals_encoder_after_init(self):
+        model = _build()
+        inputs, _, _ = _batch()
+        model.eval()
+        torch.testing.assert_close(
+            model.encode_frozen(inputs), model.extract_feat(inputs)[-1])
+        self.assertFalse(
+            any(p.requires_grad for p in model.frozen_encoder.parameters()))
+
+    def test_representation_stage_is_ce(self):
+        model = _build()
+        model.set_stage('representation')
+        inputs, labels, samples = _batch()
+        losses = model.loss(inputs, samples)
+        self.assertEqual(set(losses), {'loss'})
+        logits = model.head(model.extract_feat(inputs))
+        expected = torch.nn.functional.cross_entropy(logits, labels)
+        torch.testing.assert_close(losses['loss'], expected)
+
+    def test_diffusion_stage_gradients_reach_theta_only(self):
+        model = _build()
+        _init_geometry(model)
+        model.set_stage('diffusion')
+        model.train()
+        inputs, labels, samples = _batch()
+        losses = model.loss(inputs, samples)
+        self.assertEqual(
+            set(losses),
+            {'loss_ldm', 'loss_proto', 'loss_rad', 'loss_margin'})
+        sum(losses.values()).backward()
+        self.assertTrue(_no_grad(model.backbone))
+        self.assertTrue(_no_grad(model.head))
+        grads = _grads(model.diffusion_head)
+        self.assertTrue(any(g is not None and g.abs().sum() > 0
+                            for g in grads.values()))
+        # Cached latents give the same kind of losses.
+        latents = torch.randn(8, 64)
+        self.assertIn('loss_ldm', model.loss_latents(latents, labels))
+
+    def test_diffusion_stage_updates_geometry_ema(self):
+        model = _build()
+        _init_geometry(model)
+        model.set_stage('diffusion')
+        before = model.geometry.prototypes.clone()
+        labels = torch.tensor([0, 0, 1])
+        model.loss_latents(torch.randn(3, 64), labels)
+        after = model.geometry.prototypes
+        self.assertFalse(torch.equal(before[:2], after[:2]))
+        torch.testing.assert_close(before[2:], after[2:])  # absent classes
+
+    def test_ldmlr_ablation_is_plain_ldm(self):
+        zero = dict(loss_weight=0.0)
+        model = _build(
+            proto_loss=dict(type='PrototypeLoss', **zero),
+            radius_loss=dict(type='CalibratedRadiusLoss', **zero),
+            margin_loss=dict(type='PrototypeMarginLoss', **zero),
+            geometry=dict(type='ClassGeometry', tau=3, lam=1.0))
+        _init_geometry(model)
+        model.set_stage('diffusion')
+        latents, labels = torch.randn(6, 64), torch.arange(6) % 4
+        torch.manual_seed(5)
+        losses = model.loss_latents(latents, labels)
+        self.assertEqual(set(losses), {'loss_ldm'})
+        # Same draws of t and noise through the head alone: plain LDM.
+        torch.manual_seed(5)
+        out = model.diffusion_head(latents, labels)
+        expected = ((out.pred_noise - out.noise)**2).mean()
+        torch.testing.assert_close(losses['loss_ldm'], expected)
+
+    def test_hybrid_pseudo_term_does_not_reach_encoder(self):
+        model = _build()
+        _init_geometry(model)
+        model.set_stage('finetune', 'hybrid')
+        model.train()
+        inputs, _, samples = _batch()
+
+        torch.manual_seed(3)
+        losses = model.loss(inputs, samples)
+        self.assertEqual(set(losses), {'loss_cls', 'loss_pseudo',
+                                       'loss_cons'})
+        sum(losses.values()).backward()
+        full_enc, full_head = _grads(model.backbone), _grads(model.head)
+        self.assertTrue(_no_grad(model.diffusion_head))
+        model.zero_grad()
+
+        torch.manual_seed(3)
+        losses = model.loss(inputs, samples)
+        (losses['loss_cls'] + losses['loss_cons']).backward()
+        real_enc, real_head = _grads(model.backbone), _grads(model.head)
+        for name, grad in full_enc.items():
+            if grad is None:
+                self.assertIsNone(real_enc[name])
+            else:
+                torch.testing.assert_close(grad, real_enc[name])
+        # ... while the pseudo-latent term does reach G.
+        self.assertFalse(
+            torch.allclose(full_head['fc.weight'], real_head['fc.weight']))
+
+    def test_stable_leaves_encoder_untouched(self):
+        model = _build()
+        _init_geometry(model)
+        model.set_stage('finetune', 'stable')
+        model.train()
+        self.assertFalse(model.backbone.training)  # BN stats frozen
+        enc_state = copy.deepcopy(model.backbone.state_dict())
+        wrappers = OptimWrapperDict(
+            encoder=OptimWrapper(
+                torch.optim.SGD(
+                    list(model.backbone.parameters()) +
+                    list(model.neck.parameters()), lr=0.1)),
+            head=OptimWrapper(
+                torch.optim.SGD(model.head.parameters(), lr=0.1)),
+            diffusion=OptimWrapper(
+                torch.optim.SGD(model.diffusion_head.parameters(), lr=0.1)))
+        head_before = model.head.fc.weight.clone()
+        diff_before = copy.deepcopy(model.diffusion_head.state_dict())
+        inputs, _, samples = _batch()
+        log_vars = model.train_step(
+            dict(inputs=list(inputs), data_samples=samples), wrappers)
+        self.assertIn('loss_pseudo', log_vars)
+        for k, v in model.backbone.state_dict().items():
+            torch.testing.assert_close(v, enc_state[k], msg=k)
+        for k, v in model.diffusion_head.state_dict().items():
+            torch.testing.assert_close(v, diff_before[k], msg=k)
+        self.assertFalse(torch.equal(head_before, model.head.fc.weight))
+
+    def test_train_step_needs_the_stage_wrappers(self):
+        model = _build()
+        model.set_stage('representation')
+        wrappers = OptimWrapperDict(
+            head=OptimWrapper(
+                torch.optim.SGD(model.head.parameters(), lr=0.1)))
+        inputs, _, samples = _batch()
+        with self.assertRaisesRegex(KeyError, "no \\['encoder'\\]"):
+            model.train_step(
+                dict(inputs=list(inputs), data_samples=samples), wrappers)
+
+    def test_pseudo_label_distributions(self):
+        model = _build()
+        _init_geometry(model, counts=(6, 5, 2, 1))  # tau=3: tail = {2, 3}
+        w = model.pseudo_label_weights()
+        torch.testing.assert_close(w, torch.tensor([1 / 6, 1 / 5, 1 / 2, 1]))
+        model.pseudo_label_dist = 'tail'
+        torch.testing.assert_close(model.pseudo_label_weights(),
+                                   torch.tensor([0., 0., 1., 1.]))
+        model.pseudo_label_dist = 'uniform'
+        torch.testing.assert_close(model.pseudo_label_weights(),
+                                   torch.ones(4))
+        latents, labels = model.sample_pseudo_latents(16, torch.device('cpu'))
+        self.assertEqual(latents.shape, (16, 64))
+        self.assertFalse(latents.requires_grad)
+
+    def test_predict_in_every_stage(self):
+        model = _build()
+        _init_geometry(model)
+        inputs, _, samples = _batch()
+        model.eval()
+        for stage, mode in (('representation', None), ('diffusion', None),
+                            ('finetune', 'stable'), ('finetune', 'hybrid')):
+            model.set_stage(stage, mode)
+            out = model.predict(inputs, copy.deepcopy(samples))
+            self.assertEqual(len(out), 8)
+            self.assertEqual(out[0].pred_score.shape, (NUM_CLASSES, ))
+
+
+class TestCalibrationOnGaussianMixture(TestCase):
+    """Stage 2 on a 2-D mixture: lam < 1 widens the tail class towards
+    r_prior, through the classifier's own diffusion loss."""
+
+    def _train(self, lam, latents, labels, steps=1500):
+        model = _build(
+            head=dict(type='LinearClsHead', num_classes=3, in_channels=2,
+                      loss=dict(type='CrossEntropyLoss')),
+            data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=3),
+            diffusion_head=dict(
+                type='LatentDiffusionHead',
+                schedule=dict(type='NoiseSchedule', num_timesteps=1000),
+                denoiser=dict(type='ResMLPDenoiser', hidden_dim=64,
+                              num_blocks=2, time_embed_dim=32),
+                sampler=dict(type='DDIMSampler', num_steps=25)),
+            geometry=dict(type='ClassGeometry', tau=50, lam=lam,
+                          proto_momentum=0.0, radius_momentum=0.0),
+            proto_loss=dict(type='PrototypeLoss', loss_weight=0.0),
+            radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.5),
+            margin_loss=dict(type='PrototypeMarginLoss', loss_weight=0.0),
+            # Geometry losses on the less noisy half of the schedule only.
+            geometry_t_fraction=0.5)
+        # The real latents stand in for E^(0)(x): fit normaliser + geometry.
+        model.diffusion_head.normalizer.fit(latents)
+        model.geometry.init_from_latents(latents, labels)
+        model.set_stage('diffusion')
+        model.train()
+        opt = torch.optim.Adam(model.diffusion_head.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            idx = torch.randint(0, latents.size(0), (128, ), generator=g)
+            loss = sum(model.loss_latents(latents[idx], labels[idx]).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        torch.manual_seed(1)
+        samples = model.diffusion_head.sample(torch.full((400, ), 2))
+        return model, samples
+
+    def test_tail_radius_moves_towards_prior(self):
+        g = torch.Generator().manual_seed(0)
+        means = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+        stds = torch.tensor([1.0, 1.0, 0.2])  # head, head, narrow tail
+        counts = [300, 300, 20]
+        labels = torch.cat(
+            [torch.full((n, ), c) for c, n in enumerate(counts)])
+        latents = means[labels] + stds[labels, None] * torch.randn(
+            labels.numel(), 2, generator=g)
+
+        m1, s1 = self._train(1.0, latents, labels)
+        m0, s0 = self._train(0.0, latents, labels)
+        r_prior = float(m0.geometry.r_prior)
+        r_tail = float(m0.geometry.r_real[2])
+        self.assertGreater(r_prior, 3 * r_tail)
+
+        def radius(s):
+            return float((s - s.mean(0)).norm(dim=1).mean())
+
+        halfway = r_tail + 0.5 * (r_prior - r_tail)
+        # lam = 1 (no calibration): the tail stays well below halfway to
+        # r_prior (diffusion alone over-spreads a 20-sample class a bit).
+        self.assertLess(radius(s1), halfway)
+        # lam = 0: pulled to r_prior, past halfway and not beyond 1.5x.
+        self.assertGreater(radius(s0), halfway)
+        self.assertLess(radius(s0), 1.5 * r_prior)
+        self.assertGreater(radius(s0) - radius(s1), 0.3 * (r_prior - r_tail))
+        # ... and both stay centred on the tail's prototype, within one
+        # prior radius (the other classes sit 4 to 5.7 away).
+        for s in (s0, s1):
+            self.assertLess(float((s.mean(0) - means[2]).norm()), r_prior)
