@@ -81,18 +81,29 @@ class WorkDir:
         return None
 
     def config(self) -> str:
-        """The config of the run, CLI ``--cfg-options`` included.
+        """The config of the training run, CLI ``--cfg-options`` included.
 
         mmengine dumps the merged config to
-        ``<timestamp>/vis_data/config.py``; without it (e.g. a visualiser
-        without the local backend), a single ``*.py`` in the work dir.
+        ``<timestamp>/vis_data/config.py``. The newest *training* run's
+        (the one with a ``scalars.json`` log) is preferred: a later
+        ``tools/test.py`` run in the same work dir dumps its own config,
+        which lacks the training-only options (e.g. the seed). Without any
+        dumped config (a visualiser without the local backend), a single
+        ``*.py`` in the work dir.
 
         Returns:
             str: Path of the config file.
         """
-        path = self._newest(osp.join('vis_data', 'config.py'))
-        if path is not None:
-            return path
+        dumped = [
+            osp.join(run, 'vis_data', 'config.py')
+            for run in reversed(self.run_dirs())
+            if osp.isfile(osp.join(run, 'vis_data', 'config.py'))
+        ]
+        for path in dumped:
+            if osp.isfile(osp.join(osp.dirname(path), 'scalars.json')):
+                return path
+        if dumped:
+            return dumped[0]
         candidates = sorted(glob.glob(osp.join(self.path, '*.py')))
         if len(candidates) == 1:
             return candidates[0]

@@ -1,0 +1,288 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""``tools/run_experiments.py``: planning, commands, table maths, runs.
+
+The table maths is checked on fixed inputs against hand-computed values;
+collection on fake work-dir trees; one real run goes through the tool end
+to end (the CE baseline for 1 epoch: train, then test of its last
+checkpoint since that config does not test after training).
+"""
+import contextlib
+import io
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+from unittest import TestCase
+
+from conftest import DIGITS_CONFIG, REPO_ROOT, load_tool
+
+rx = load_tool('run_experiments')
+GALDDC_CONFIG = osp.join(REPO_ROOT, 'configs', 'galddc', 'r20_digitslt.py')
+
+
+def fake_run(work_dir, metrics, stamp='20240101_000000'):
+    """A work dir with ``final_metrics.json`` holding ``metrics``."""
+    path = osp.join(work_dir, stamp, 'final_metrics.json')
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(dict(metrics=metrics, epoch=1), f)
+
+
+def call_main(argv):
+    """Run ``main`` in process; returns (exit code, stdout)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = rx.main(argv)
+    return code, buf.getvalue()
+
+
+class TestParsing(TestCase):
+
+    def test_split_options(self):
+        self.assertEqual(rx.split_options('a=1,b.c=x'), ['a=1', 'b.c=x'])
+        # Commas inside brackets / quotes, and mmengine's key=a,b lists.
+        self.assertEqual(
+            rx.split_options('a=[1,2],b="x,y",c=(1,(2,3)),d=4,5,e=f'),
+            ['a=[1,2]', 'b="x,y"', 'c=(1,(2,3))', 'd=4,5', 'e=f'])
+
+    def test_parse_variant(self):
+        self.assertEqual(
+            rx.parse_variant('lam0:model.geometry.lam=0.0,x=[1,2]'),
+            ('lam0', ['model.geometry.lam=0.0', 'x=[1,2]']))
+        for bad in ('nocolon', 'bad/name:a=1', ':a=1'):
+            with self.assertRaisesRegex(ValueError, 'NAME:key=value'):
+                rx.parse_variant(bad)
+        with self.assertRaisesRegex(ValueError, 'must be key=value'):
+            rx.parse_variant('v:')
+
+    def test_plan_and_commands(self):
+        runs = rx.plan_runs(['a/ce.py', 'b/gald.py'], [0, 2], 'root',
+                            variants=[('lam0', ['m.lam=0'])])
+        self.assertEqual(
+            [(r.row, r.seed, r.work_dir) for r in runs],
+            [('ce', 0, osp.join('root', 'ce', 'seed0')),
+             ('ce', 2, osp.join('root', 'ce', 'seed2')),
+             ('ce-lam0', 0, osp.join('root', 'ce-lam0', 'seed0')),
+             ('ce-lam0', 2, osp.join('root', 'ce-lam0', 'seed2')),
+             ('gald', 0, osp.join('root', 'gald', 'seed0')),
+             ('gald', 2, osp.join('root', 'gald', 'seed2')),
+             ('gald-lam0', 0, osp.join('root', 'gald-lam0', 'seed0')),
+             ('gald-lam0', 2, osp.join('root', 'gald-lam0', 'seed2'))])
+        run = runs[2]
+        self.assertEqual(
+            rx.train_command(run, ['x=1'], python='py', script='train.py'),
+            ['py', 'train.py', 'a/ce.py', '--work-dir', run.work_dir,
+             '--cfg-options', 'randomness.seed=0', 'm.lam=0', 'x=1'])
+        self.assertEqual(
+            rx.test_command(run, 'c.pth', ['x=1'], python='py',
+                            script='test.py'),
+            ['py', 'test.py', 'a/ce.py', 'c.pth', '--work-dir', run.work_dir,
+             '--cfg-options', 'randomness.seed=0', 'm.lam=0', 'x=1'])
+        only = rx.plan_runs(['a/ce.py'], [1], 'root', [('v', ['k=1'])],
+                            variants_only=True, labels=['CE'])
+        self.assertEqual([r.row for r in only], ['CE-v'])
+
+    def test_plan_errors(self):
+        with self.assertRaisesRegex(ValueError, 'same file name'):
+            rx.plan_runs(['a/x.py', 'b/x.py'], [0], 'root')
+        with self.assertRaisesRegex(ValueError, 'duplicates'):
+            rx.plan_runs(['a/x.py'], [0, 0], 'root')
+        with self.assertRaisesRegex(ValueError, 'one per config'):
+            rx.plan_runs(['a/x.py'], [0], 'root', labels=['A', 'B'])
+        with self.assertRaisesRegex(ValueError, 'needs at least one'):
+            rx.plan_runs(['a/x.py'], [0], 'root', variants_only=True)
+        with self.assertRaisesRegex(ValueError, 'unique'):
+            rx.plan_runs(['a/x.py'], [0], 'root',
+                         [('v', ['a=1']), ('v', ['a=2'])])
+
+
+class TestTableMaths(TestCase):
+
+    def test_mean_std(self):
+        mean, std = rx.mean_std([90.0, 92.0, 94.0])
+        self.assertAlmostEqual(mean, 92.0)
+        # Sample std: sqrt(((-2)^2 + 0 + 2^2) / (3 - 1)) = 2.
+        self.assertAlmostEqual(std, 2.0)
+        mean, std = rx.mean_std([1.0, 2.0])
+        self.assertAlmostEqual(std, 0.7071067811865476)
+        self.assertEqual(rx.mean_std([5.0]), (5.0, None))
+        with self.assertRaisesRegex(ValueError, 'at least one'):
+            rx.mean_std([])
+
+    def test_aggregate_and_format(self):
+        results = {
+            'ce': [{'accuracy/top1': 90.0, 'accuracy/many': 99.0,
+                    'accuracy/few': 70.0},
+                   {'accuracy/top1': 94.0, 'accuracy/many': 97.0,
+                    'accuracy/few': 80.0},
+                   None],
+            'gald': [{'top1': 93.0, 'head': 98.0, 'tail': 85.0,
+                      'many': 100.0}],
+        }
+        rows = rx.aggregate(results)
+        self.assertEqual([r['name'] for r in rows], ['ce', 'gald'])
+        ce, gald = rows
+        self.assertEqual(ce['num_seeds'], 2)
+        self.assertEqual(ce['metrics']['top1']['values'], [90.0, 94.0])
+        self.assertAlmostEqual(ce['metrics']['top1']['mean'], 92.0)
+        self.assertAlmostEqual(ce['metrics']['top1']['std'],
+                               2.8284271247461903)
+        self.assertNotIn('medium', ce['metrics'])
+        self.assertIsNone(gald['metrics']['top1']['std'])
+
+        self.assertEqual(rx.format_cell(ce['metrics']['few'], 2),
+                         '75.00 ± 7.07')
+        self.assertEqual(rx.format_cell(None, 2), '-')
+        self.assertEqual(rx.format_cell(gald['metrics']['top1'], 1),
+                         '93.00')
+        partial = dict(mean=1.0, std=None, n=1, values=[1.0])
+        self.assertEqual(rx.format_cell(partial, 3, digits=1), '1.0 (1/3)')
+
+        table = rx.format_table(rows, 'test')
+        caption, body = table.split('\n\n')
+        self.assertIn('sample standard deviation (ddof=1)', caption)
+        self.assertEqual(body.splitlines(), [
+            '| method | seeds | top-1 | many | medium | few | head | tail |',
+            '|---|---|---|---|---|---|---|---|',
+            '| ce | 2 | 92.00 ± 2.83 | 98.00 ± 1.41 | - | 75.00 ± 7.07 '
+            '| - | - |',
+            '| gald | 1 | 93.00 | 100.00 | - | - | 98.00 | 85.00 |',
+        ])
+        # No run reports head/tail: those columns are left out.
+        table = rx.format_table(rx.aggregate({'ce': results['ce']}), 'val')
+        self.assertTrue(table.startswith('Val accuracy'))
+        self.assertIn('| method | seeds | top-1 | many | medium | few |\n',
+                      table)
+
+
+class TestRunner(TestCase):
+    """``main`` on fake work dirs, a failing run and one real run."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.root = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_dry_run(self):
+        fake_run(osp.join(self.root, 'r20_digitslt', 'seed1'),
+                 dict(val={'accuracy/top1': 1.0}))
+        code, out = call_main([
+            DIGITS_CONFIG, GALDDC_CONFIG, '--seeds', '0', '1',
+            '--work-root', self.root, '--variant', 'v:model.x=1',
+            '--cfg-options', 'a=1', '--skip-existing', '--dry-run'
+        ])
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        train = [ln for ln in lines if 'train.py' in ln]
+        self.assertEqual(len(train), 8)
+        self.assertTrue(train[0].endswith(
+            f'--work-dir {osp.join(self.root, "ce_digits_lt", "seed0")} '
+            '--cfg-options randomness.seed=0 a=1'))
+        self.assertIn(
+            f'{osp.join(self.root, "ce_digits_lt-v", "seed1")} '
+            '--cfg-options randomness.seed=1 model.x=1 a=1', train[3])
+        # The finished run is marked, nothing else is.
+        skipped = [ln for ln in train if ln.startswith('# finished')]
+        self.assertEqual(len(skipped), 1)
+        self.assertIn(osp.join('r20_digitslt', 'seed1'), skipped[0])
+        self.assertEqual(sum('tools/test.py' in ln for ln in lines), 8)
+        # Nothing ran.
+        self.assertFalse(osp.exists(osp.join(self.root, 'ce_digits_lt')))
+
+    def test_collect_fake_tree(self):
+        for seed, top1 in ((0, 80.0), (1, 84.0), (2, 85.0)):
+            fake_run(osp.join(self.root, 'ce_digits_lt', f'seed{seed}'),
+                     dict(val={'accuracy/top1': 1.0},
+                          test={'accuracy/top1': top1,
+                                'accuracy/few': top1 - 10}))
+        # seed 2 also has an older run: the newest final metrics count.
+        fake_run(osp.join(self.root, 'ce_digits_lt', 'seed2'),
+                 dict(test={'accuracy/top1': 0.0}), stamp='20230101_000000')
+        out_md = osp.join(self.root, 'table', 'digits.md')
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '0', '1', '2', '--work-root',
+            self.root, '--collect-only', '--out', out_md, '--labels', 'CE'
+        ])
+        self.assertEqual(code, 0)
+        # mean 83, sample std sqrt((9 + 1 + 4) / 2) = sqrt(7) = 2.6458.
+        row = '| CE | 3 | 83.00 ± 2.65 | - | - | 73.00 ± 2.65 |'
+        self.assertIn(row, out)
+        with open(out_md, encoding='utf-8') as f:
+            self.assertIn(row, f.read())
+        with open(osp.join(self.root, 'table', 'digits.json')) as f:
+            saved = json.load(f)
+        self.assertEqual(saved['split'], 'test')
+        self.assertEqual(saved['rows'][0]['metrics']['top1']['values'],
+                         [80.0, 84.0, 85.0])
+        self.assertEqual(len(saved['rows'][0]['work_dirs']), 3)
+        # --split val reads the val metrics.
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '0', '1', '--work-root', self.root,
+            '--collect-only', '--split', 'val'
+        ])
+        self.assertIn('| ce_digits_lt | 2 | 1.00 ± 0.00 | - | - | - |', out)
+
+    def test_skip_existing_and_failures(self):
+        done = osp.join(self.root, 'ce_digits_lt', 'seed0')
+        fake_run(done, dict(test={'accuracy/top1': 70.0}))
+        # A "python" that always fails: seed 0 is reused (never run), seed
+        # 1 runs and fails.
+        failing = osp.join(self.root, 'failing_python')
+        with open(failing, 'w') as f:
+            f.write('#!/bin/sh\necho "boom: $@"\nexit 3\n')
+        os.chmod(failing, 0o755)
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '0', '1', '--work-root', self.root,
+            '--skip-existing', '--python', failing
+        ])
+        self.assertEqual(code, 1)
+        self.assertIn('finished before, skipped', out)
+        self.assertIn('FAILED (exit code 3)', out)
+        log = osp.join(self.root, 'ce_digits_lt', 'seed1', rx.TRAIN_LOG)
+        self.assertIn(f'log: {log}', out)
+        with open(log) as f:
+            self.assertIn('boom:', f.read())
+        self.assertIn('1 run(s) failed', out)
+        self.assertIn('| ce_digits_lt | 1 | 70.00 | - | - | - |', out)
+
+        # Without --skip-existing seed 0 is trained again; it fails, and
+        # the final metrics of its earlier run must not be counted.
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '0', '--work-root', self.root,
+            '--python', failing, '--fail-fast'
+        ])
+        self.assertEqual(code, 1)
+        self.assertIn('| ce_digits_lt | 0 | - | - | - | - |', out)
+
+    def test_missing_config(self):
+        with self.assertRaisesRegex(FileNotFoundError, 'not found'):
+            rx.main(['no/such/config.py', '--dry-run'])
+
+    def test_real_run_trains_then_tests(self):
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '3', '--work-root', self.root,
+            '--cfg-options', 'train_cfg.max_epochs=1', '--python',
+            sys.executable
+        ])
+        self.assertEqual(code, 0, out)
+        work_dir = osp.join(self.root, 'ce_digits_lt', 'seed3')
+        self.assertIn('no test metrics: testing', out)
+        for log in (rx.TRAIN_LOG, rx.TEST_LOG):
+            self.assertTrue(osp.isfile(osp.join(work_dir, log)))
+        # The seed reached the config that was trained.
+        from galddc_mm.utils import WorkDir
+        with open(WorkDir(work_dir).config()) as f:
+            self.assertIn('seed=3', f.read())
+        test = rx.read_final_metrics(work_dir, 'test')
+        self.assertIn(f'| ce_digits_lt | 1 | {test["accuracy/top1"]:.2f} |',
+                      out)
+        # Reused without training again.
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '3', '--work-root', self.root,
+            '--skip-existing', '--python', '/nonexistent/python'
+        ])
+        self.assertEqual(code, 0, out)
+        self.assertIn('finished before, skipped', out)

@@ -1,0 +1,540 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""Run configs x seeds (x variants) and tabulate mean ± std over seeds.
+
+Each run is one ``tools/train.py`` subprocess, run one after the other::
+
+    python tools/train.py CONFIG \\
+        --work-dir ROOT/<config-stem>[-<variant>]/seed<S> \\
+        --cfg-options randomness.seed=S [variant options] [common options]
+
+with its output in ``<work dir>/run_experiments_train.log``. When the
+table is on the test split (the default) and a run reports no test metrics
+(a config whose loop does not test after training, e.g. the CE baseline),
+its last checkpoint -- the final model, as ``GALDDCTrainLoop(
+test_after_train=True)`` tests -- is tested with ``tools/test.py`` (output
+in ``run_experiments_test.log``).
+
+Then the final metrics of every run (``<timestamp>/final_metrics.json``)
+are collected and one Markdown table is printed and saved (``--out``, plus
+the same numbers as JSON next to it): one row per config (and variant),
+columns top-1, many, medium, few (and head, tail when reported), each the
+mean ± sample standard deviation (ddof=1) over the seeds.
+
+Examples::
+
+    # the Digits-LT table of the README (about 25 CPU-minutes)
+    python tools/run_experiments.py configs/baselines/ce_digits_lt.py \\
+        configs/galddc/ablations/r20_digitslt_ldmlr.py \\
+        configs/galddc/ablations/r20_digitslt_stable.py \\
+        configs/galddc/r20_digitslt.py \\
+        --seeds 0 1 2 --work-root work_dirs/digits_lt_table \\
+        --out work_dirs/digits_lt_table/table.md --skip-existing
+    # a sweep of lam on top of a config
+    python tools/run_experiments.py configs/galddc/r20_digitslt.py \\
+        --seeds 0 1 --variant lam0:model.geometry.lam=0.0 \\
+        --variant lam1:model.geometry.lam=1.0 --dry-run
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# (metric key without the 'accuracy/' prefix, column title)
+COLUMNS = (('top1', 'top-1'), ('many', 'many'), ('medium', 'medium'),
+           ('few', 'few'), ('head', 'head'), ('tail', 'tail'))
+# Shown only when at least one run reports them.
+OPTIONAL_COLUMNS = ('head', 'tail')
+TRAIN_LOG = 'run_experiments_train.log'
+TEST_LOG = 'run_experiments_test.log'
+_NAME = re.compile(r'^[A-Za-z0-9_.+-]+$')
+
+
+@dataclass
+class Run:
+    """One training run of the plan."""
+    config: str
+    seed: int
+    work_dir: str
+    variant: Optional[str] = None
+    options: List[str] = field(default_factory=list)
+    label: Optional[str] = None
+
+    @property
+    def row(self) -> str:
+        """The table row the run belongs to."""
+        base = self.label or config_stem(self.config)
+        return f'{base}-{self.variant}' if self.variant else base
+
+
+def config_stem(config: str) -> str:
+    """``configs/galddc/r20_digitslt.py`` -> ``r20_digitslt``."""
+    return osp.splitext(osp.basename(config))[0]
+
+
+def split_options(text: str) -> List[str]:
+    """Split ``key=value,key=value`` on the commas between options.
+
+    Commas inside brackets or quotes belong to a value, e.g.
+    ``'a=[1,2],b=x'`` -> ``['a=[1,2]', 'b=x']``; a comma not followed by a
+    new ``key=`` also belongs to the value before it (mmengine's list
+    syntax ``key=a,b``).
+
+    Args:
+        text (str): The options.
+
+    Returns:
+        list[str]: One ``key=value`` per option.
+    """
+    parts, depth, quote, current = [], 0, None, ''
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in '\'"':
+            quote = ch
+        elif ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        elif ch == ',' and depth == 0:
+            parts.append(current)
+            current = ''
+            continue
+        current += ch
+    parts.append(current)
+    options = []
+    for part in parts:
+        if re.match(r'^\s*[\w.]+\s*=', part) or not options:
+            options.append(part.strip())
+        else:
+            options[-1] += ',' + part
+    return [o for o in options if o]
+
+
+def parse_variant(spec: str) -> Tuple[str, List[str]]:
+    """``'name:key=value,key=value'`` -> ``(name, ['key=value', ...])``.
+
+    Args:
+        spec (str): The ``--variant`` argument.
+
+    Returns:
+        tuple[str, list[str]]: The name (used in the work dir and the
+        table) and the ``--cfg-options`` of the variant.
+    """
+    name, sep, text = spec.partition(':')
+    if not sep or not _NAME.match(name):
+        raise ValueError(
+            f'--variant {spec!r}: expected NAME:key=value[,key=value...] '
+            'with NAME made of letters, digits, and ._+- (it becomes part '
+            'of the work dir), e.g. lam0:model.geometry.lam=0.0.')
+    options = split_options(text)
+    bad = [o for o in options if '=' not in o]
+    if not options or bad:
+        raise ValueError(
+            f'--variant {spec!r}: every option must be key=value, got '
+            f'{options}.')
+    return name, options
+
+
+def plan_runs(configs: Sequence[str],
+              seeds: Sequence[int],
+              work_root: str,
+              variants: Sequence[Tuple[str, List[str]]] = (),
+              variants_only: bool = False,
+              labels: Optional[Sequence[str]] = None) -> List[Run]:
+    """All runs, config by config (plain, then each variant), seed by seed.
+
+    Args:
+        configs (Sequence[str]): Config files.
+        seeds (Sequence[int]): Seeds.
+        work_root (str): Root of the work dirs.
+        variants (Sequence[tuple]): ``(name, options)`` pairs. Defaults to
+            ().
+        variants_only (bool): Leave out the plain configs. Defaults to
+            False.
+        labels (Sequence[str], optional): Row name of each config (default:
+            its file stem). Defaults to None.
+
+    Returns:
+        list[Run]: The plan.
+    """
+    if labels is not None and len(labels) != len(configs):
+        raise ValueError(f'--labels gives {len(labels)} names for '
+                         f'{len(configs)} configs; give one per config.')
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f'--seeds has duplicates: {list(seeds)}.')
+    names = [v[0] for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f'Variant names must be unique, got {names}.')
+    if variants_only and not variants:
+        raise ValueError('--variants-only needs at least one --variant.')
+    stems = [config_stem(c) for c in configs]
+    dupes = {s for s in stems if stems.count(s) > 1}
+    if dupes:
+        raise ValueError(
+            f'Configs {sorted(dupes)} have the same file name; their work '
+            'dirs would collide. Copy one under another name.')
+    todo = ([] if variants_only else [(None, [])]) + list(variants)
+    runs = []
+    for i, config in enumerate(configs):
+        for name, options in todo:
+            folder = stems[i] + (f'-{name}' if name else '')
+            for seed in seeds:
+                runs.append(
+                    Run(config=config, seed=int(seed), variant=name,
+                        options=list(options),
+                        label=labels[i] if labels else None,
+                        work_dir=osp.join(work_root, folder,
+                                          f'seed{seed}')))
+    return runs
+
+
+def _tool(name: str) -> str:
+    """``tools/<name>``, relative when run from the repository root."""
+    path = osp.join(REPO_ROOT, 'tools', name)
+    rel = osp.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
+def train_command(run: Run,
+                  extra_options: Sequence[str] = (),
+                  python: str = sys.executable,
+                  script: Optional[str] = None) -> List[str]:
+    """The ``tools/train.py`` command of a run.
+
+    The seed comes first among the options, so a variant or a common
+    option may still override ``randomness``.
+    """
+    script = script or _tool('train.py')
+    return [
+        python, script, run.config, '--work-dir', run.work_dir,
+        '--cfg-options', f'randomness.seed={run.seed}', *run.options,
+        *extra_options
+    ]
+
+
+def test_command(run: Run,
+                 checkpoint: str,
+                 extra_options: Sequence[str] = (),
+                 python: str = sys.executable,
+                 script: Optional[str] = None) -> List[str]:
+    """The ``tools/test.py`` command testing ``checkpoint`` of a run.
+
+    The options are the training run's (seed included), so the config that
+    ``tools/test.py`` dumps describes the tested model.
+    """
+    script = script or _tool('test.py')
+    return [
+        python, script, run.config, checkpoint, '--work-dir', run.work_dir,
+        '--cfg-options', f'randomness.seed={run.seed}', *run.options,
+        *extra_options
+    ]
+
+
+def read_final_metrics(work_dir: str, split: str) -> Optional[Dict]:
+    """Final metrics of ``split`` in a work dir, None if there are none."""
+    from galddc_mm.utils import WorkDir
+    if not osp.isdir(work_dir):
+        return None
+    return WorkDir(work_dir).final_metrics(split)
+
+
+def is_finished(work_dir: str) -> bool:
+    """Whether a training run in ``work_dir`` wrote its final metrics."""
+    return any(
+        read_final_metrics(work_dir, split) for split in ('val', 'test'))
+
+
+def _tail(path: str, lines: int = 25) -> str:
+    with open(path, encoding='utf-8', errors='replace') as f:
+        return ''.join(f.readlines()[-lines:])
+
+
+def _execute(cmd: List[str], log_path: str) -> int:
+    """Run ``cmd`` with its output in ``log_path``; returns the exit code.
+    """
+    os.makedirs(osp.dirname(osp.abspath(log_path)), exist_ok=True)
+    with open(log_path, 'w', encoding='utf-8') as log:
+        log.write(f'$ {shlex.join(cmd)}\n')
+        log.flush()
+        return subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+# ----------------------------------------------------------------------
+# the table
+# ----------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    r"""Mean and sample standard deviation (ddof=1) of ``values``.
+
+    .. math:: \bar x = \frac{1}{n}\sum_i x_i, \qquad
+        s = \sqrt{\frac{1}{n - 1}\sum_i (x_i - \bar x)^2}
+
+    Args:
+        values (Sequence[float]): At least one value.
+
+    Returns:
+        tuple: ``(mean, std)``; ``std`` is None for a single value (the
+        sample std is undefined).
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError('mean_std needs at least one value.')
+    std = float(values.std(ddof=1)) if values.size > 1 else None
+    return float(values.mean()), std
+
+
+def aggregate(results: Dict[str, List[Optional[Dict]]]) -> List[Dict]:
+    """Mean ± std over seeds of every metric of every row.
+
+    Args:
+        results (dict): ``{row: [metrics of each seed]}`` in table order;
+            metrics are ``{'accuracy/top1': ...}`` (or ``{'top1': ...}``)
+            dicts, None for a seed without results.
+
+    Returns:
+        list[dict]: One ``{'name', 'num_seeds', 'metrics': {key: {'mean',
+        'std', 'n', 'values'}}}`` per row (``num_seeds``: seeds with
+        results; a metric some seeds did not report has a smaller ``n``).
+    """
+    rows = []
+    for name, per_seed in results.items():
+        done = [m for m in per_seed if m]
+        metrics = {}
+        for key, _ in COLUMNS:
+            values = [
+                m[k] for m in done for k in (f'accuracy/{key}', key)
+                if k in m
+            ]
+            if values:
+                mean, std = mean_std(values)
+                metrics[key] = dict(
+                    mean=mean, std=std, n=len(values), values=values)
+        rows.append(dict(name=name, num_seeds=len(done), metrics=metrics))
+    return rows
+
+
+def format_cell(stat: Optional[Dict], num_seeds: int,
+                digits: int = 2) -> str:
+    """``'mean ± std'``; ``'-'`` if missing, ``(k/n)`` if partial."""
+    if not stat:
+        return '-'
+    text = f'{stat["mean"]:.{digits}f}'
+    if stat['std'] is not None:
+        text += f' ± {stat["std"]:.{digits}f}'
+    if stat['n'] < num_seeds:
+        text += f' ({stat["n"]}/{num_seeds})'
+    return text
+
+
+def format_table(rows: Sequence[Dict], split: str = 'test',
+                 digits: int = 2) -> str:
+    """The Markdown table (caption line first) of :func:`aggregate` rows.
+
+    Args:
+        rows (Sequence[dict]): Output of :func:`aggregate`.
+        split (str): Split name for the caption. Defaults to ``'test'``.
+        digits (int): Decimals. Defaults to 2.
+
+    Returns:
+        str: Caption, blank line, table.
+    """
+    columns = [(k, t) for k, t in COLUMNS
+               if k not in OPTIONAL_COLUMNS
+               or any(k in r['metrics'] for r in rows)]
+    header = ['method', 'seeds'] + [t for _, t in columns]
+    body = [[r['name'], str(r['num_seeds'])] + [
+        format_cell(r['metrics'].get(k), r['num_seeds'], digits)
+        for k, _ in columns
+    ] for r in rows]
+    caption = (
+        f'{split.capitalize()} accuracy (%): mean ± sample standard '
+        'deviation (ddof=1) over the seeds of each row (no ± with one '
+        'seed). many / medium / few: classes by training images (default '
+        '>100 / 20-100 / <20); '
+        'head/tail by tau. "-": not reported; (k/n): reported by k of n '
+        'seeds.')
+    lines = ['| ' + ' | '.join(header) + ' |',
+             '|' + '|'.join(['---'] * len(header)) + '|']
+    lines += ['| ' + ' | '.join(cells) + ' |' for cells in body]
+    return caption + '\n\n' + '\n'.join(lines) + '\n'
+
+
+# ----------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train configs x seeds (x variants) with tools/train.py '
+        'and tabulate the final metrics as mean ± std over seeds.')
+    parser.add_argument('configs', nargs='+', help='config files')
+    parser.add_argument(
+        '--seeds', type=int, nargs='+', default=[0],
+        help='seeds (randomness.seed) of every config (default: 0)')
+    parser.add_argument(
+        '--variant',
+        action='append',
+        default=[],
+        metavar='NAME:KEY=VALUE[,KEY=VALUE...]',
+        help='a variant of every config with these --cfg-options (work dir '
+        'ROOT/<config-stem>-NAME/seed<S>); repeat for more')
+    parser.add_argument(
+        '--variants-only',
+        action='store_true',
+        help='run only the variants, not the plain configs')
+    parser.add_argument(
+        '--labels', nargs='+',
+        help='row names of the configs, one per config (default: the '
+        'config file stems)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+        help='--cfg-options of every run (after the seed and variant ones)')
+    parser.add_argument(
+        '--work-root', default='work_dirs/experiments',
+        help='root of the work dirs (default: work_dirs/experiments)')
+    parser.add_argument(
+        '--split', choices=['test', 'val'], default='test',
+        help='metrics of the table (default: test)')
+    parser.add_argument(
+        '--skip-existing', action='store_true',
+        help='reuse runs whose work dir already has final metrics')
+    parser.add_argument(
+        '--collect-only', action='store_true',
+        help='run nothing; tabulate the runs already in the work dirs')
+    parser.add_argument(
+        '--dry-run', action='store_true',
+        help='print the commands and exit')
+    parser.add_argument(
+        '--fail-fast', action='store_true',
+        help='stop at the first failed run (default: go on and report the '
+        'failures at the end)')
+    parser.add_argument(
+        '--out', help='save the Markdown table here (and the numbers as '
+        'JSON next to it, same name with .json)')
+    parser.add_argument(
+        '--python', default=sys.executable,
+        help='Python of the subprocesses (default: this one)')
+    return parser.parse_args(argv)
+
+
+def _ensure_test(run: Run, args, failures: list) -> bool:
+    """Test the last checkpoint of a run that reported no test metrics.
+
+    Returns:
+        bool: False if the test was needed and failed.
+    """
+    from galddc_mm.utils import WorkDir
+    if args.split != 'test' or read_final_metrics(run.work_dir, 'test'):
+        return True
+    try:
+        checkpoint = WorkDir(run.work_dir).checkpoint('last')
+    except FileNotFoundError as e:
+        failures.append((run, 'test', str(e), None))
+        print(f'  FAILED to find a checkpoint to test: {e}')
+        return False
+    cmd = test_command(run, checkpoint, args.cfg_options, args.python)
+    log = osp.join(run.work_dir, TEST_LOG)
+    print(f'  no test metrics: testing {checkpoint}')
+    code = _execute(cmd, log)
+    if code != 0 or not read_final_metrics(run.work_dir, 'test'):
+        why = f'exit code {code}' + ('' if code else ', no test metrics')
+        failures.append((run, 'test', why, log))
+        print(f'  FAILED test ({why}); log: {log}\n'
+              f'{_tail(log)}')
+        return False
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    missing = [c for c in args.configs if not osp.isfile(c)]
+    if missing:
+        raise FileNotFoundError(f'Config(s) not found: {missing}.')
+    variants = [parse_variant(v) for v in args.variant]
+    runs = plan_runs(args.configs, args.seeds, args.work_root, variants,
+                     args.variants_only, args.labels)
+
+    if args.dry_run:
+        for run in runs:
+            done = args.skip_existing and is_finished(run.work_dir)
+            print(('# finished, skipped: ' if done else '') +
+                  shlex.join(train_command(run, args.cfg_options,
+                                           args.python)))
+            if args.split == 'test':
+                print('#   if it reports no test metrics: ' + shlex.join(
+                    test_command(run, '<last checkpoint>', args.cfg_options,
+                                 args.python)))
+        return 0
+
+    failures = []
+    failed_runs = set()
+    if not args.collect_only:
+        for k, run in enumerate(runs, 1):
+            print(f'[{k}/{len(runs)}] {run.row} seed {run.seed} -> '
+                  f'{run.work_dir}')
+            if args.skip_existing and is_finished(run.work_dir):
+                print('  finished before, skipped')
+            else:
+                cmd = train_command(run, args.cfg_options, args.python)
+                log = osp.join(run.work_dir, TRAIN_LOG)
+                print(f'  {shlex.join(cmd)}')
+                code = _execute(cmd, log)
+                if code != 0:
+                    failures.append((run, 'train', f'exit code {code}', log))
+                    failed_runs.add(run.work_dir)
+                    print(f'  FAILED (exit code {code}); log: {log}\n'
+                          f'{_tail(log)}')
+                    if args.fail_fast:
+                        break
+                    continue
+            if not _ensure_test(run, args, failures):
+                failed_runs.add(run.work_dir)
+                if args.fail_fast:
+                    break
+
+    results: Dict[str, List[Optional[Dict]]] = {}
+    sources: Dict[str, List[str]] = {}
+    for run in runs:
+        # A run that failed now may have an older final_metrics.json in the
+        # same work dir: never count it.
+        metrics = (None if run.work_dir in failed_runs else
+                   read_final_metrics(run.work_dir, args.split))
+        results.setdefault(run.row, []).append(metrics)
+        if metrics:
+            sources.setdefault(run.row, []).append(run.work_dir)
+        elif run.work_dir not in failed_runs:
+            print(f'no {args.split} metrics in {run.work_dir}')
+    rows = aggregate(results)
+    table = format_table(rows, args.split)
+    print('\n' + table)
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w', encoding='utf-8') as f:
+            f.write(table)
+        json_path = osp.splitext(args.out)[0] + '.json'
+        for row in rows:
+            row['work_dirs'] = sources.get(row['name'], [])
+        with open(json_path, 'w', encoding='utf-8') as f:
+            json.dump(
+                dict(split=args.split, std='sample (ddof=1)', rows=rows),
+                f, indent=1)
+        print(f'saved {args.out} and {json_path}')
+    if failures:
+        print(f'\n{len(failures)} run(s) failed:')
+        for run, what, why, log in failures:
+            print(f'  {run.row} seed {run.seed} ({what}): {why}'
+                  + (f'; log: {log}' if log else ''))
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
