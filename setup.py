@@ -21,8 +21,8 @@ mmcv_req = ('mmcv>=2.0.0,<2.3.0' if os.environ.get('GALDDC_USE_FULL_MMCV')
             else 'mmcv-lite==2.2.0')
 
 install_requires = [
-    'torch>=2.1',
-    'torchvision>=0.16',
+    'torch>=2.4',  # torch.serialization.add_safe_globals
+    'torchvision>=0.19',
     'mmengine==0.10.7',
     mmcv_req,
     'mmpretrain==1.2.0',

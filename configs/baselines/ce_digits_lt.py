@@ -23,3 +23,7 @@ default_hooks = dict(
 train_dataloader = dict(persistent_workers=False)
 val_dataloader = dict(persistent_workers=False)
 test_dataloader = dict(persistent_workers=False)
+
+# Head/tail accuracy with the same tau as the GALD-DC Digits-LT configs.
+val_evaluator = dict(tau=20)
+test_evaluator = dict(tau=20)
