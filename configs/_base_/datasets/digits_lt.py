@@ -35,6 +35,9 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=64,
     num_workers=0,
+    # (upstream tools/train.py defaults to persistent workers, which need
+    # num_workers > 0)
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         split='train',
@@ -46,6 +49,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=100,
     num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         split='val',
@@ -61,6 +65,7 @@ val_evaluator = dict(
 test_dataloader = dict(
     batch_size=100,
     num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         split='test',
