@@ -315,13 +315,14 @@ class GALDDCClassifier(ImageClassifier):
     def loss(self, inputs: torch.Tensor,
              data_samples: List[DataSample]) -> dict:
         """Losses of the current stage from a batch of images."""
-        labels = torch.cat([ds.gt_label for ds in data_samples]).to(
-            inputs.device)
         if self.stage == 'representation':
             # `self.head(...)` goes through the head's DDP wrapper (if any),
             # which only intercepts `forward`; the loss is the head's own.
+            # Exactly upstream's work: stage 1 must cost what CE costs.
             logits = self.head(self.extract_feat(inputs))
             return _plain(self.head)._get_loss(logits, data_samples)
+        labels = torch.cat([ds.gt_label for ds in data_samples]).to(
+            inputs.device)
         if self.stage == 'diffusion':
             # On-the-fly extraction (the seed's way): the frozen anchor
             # gives the latents of this augmented batch.

@@ -1,6 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
+import weakref
 from numbers import Real
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,6 +77,9 @@ class DDIMSampler(nn.Module):
         self.eta = float(eta)
         self.guidance_scale = float(guidance_scale)
         self.clip_z0 = clip_z0
+        # {schedule: {(chain, eta): per-step host scalars}}, see
+        # `host_coefficients`; weak keys so a dropped schedule is dropped.
+        self._host_cache = weakref.WeakKeyDictionary()
 
     @staticmethod
     def _check_num_steps(num_steps) -> None:
@@ -160,9 +164,34 @@ class DDIMSampler(nn.Module):
         abar_prev = (
             schedule.alphas_cumprod[t_prev]
             if t_prev >= 0 else torch.ones_like(abar_t))
-        sqrt_abar_t = abar_t.sqrt()
-        sqrt_one_minus_abar_t = (1 - abar_t).sqrt()
+        coefs = self._coefficients(abar_t, abar_prev, eta)
+        return self._update(coefs, eps, z_t, eta, noise, z0_fn)
 
+    @staticmethod
+    def _coefficients(abar_t: Tensor, abar_prev: Tensor,
+                      eta: float) -> Tuple[Tensor, ...]:
+        """The scalars of eq. 12 for one step, from 0-d ``abar`` tensors.
+
+        Returns ``(sqrt(abar_t), sqrt(1 - abar_t), sqrt(abar_prev),
+        sqrt(1 - abar_prev - sigma_t^2), sigma_t)``.
+        """
+        # sigma_t of eq. 16; eta = 1 gives the DDPM posterior std.
+        # (The clamp guards the sqrt against float round-off only.)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t)).sqrt() * (
+            1 - abar_t / abar_prev).clamp(min=0).sqrt()
+        # Coefficient of the "direction pointing to x_t" of eq. 12. The
+        # clamp only matters for eta > 1, where the variance would exceed
+        # 1 - abar_prev.
+        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()
+        return (abar_t.sqrt(), (1 - abar_t).sqrt(), abar_prev.sqrt(),
+                direction, sigma)
+
+    def _update(self, coefs: Sequence, eps: Tensor, z_t: Tensor, eta: float,
+                noise: Optional[Tensor],
+                z0_fn: Optional[Z0Fn]) -> Tuple[Tensor, Tensor]:
+        """Apply eq. 12 with the step's scalars (0-d tensors or floats)."""
+        sqrt_abar_t, sqrt_one_minus_abar_t, sqrt_abar_prev, direction, \
+            sigma = coefs
         # "predicted x_0" of eq. 12.
         z0_hat = (z_t - sqrt_one_minus_abar_t * eps) / sqrt_abar_t
         if self.clip_z0 is not None or z0_fn is not None:
@@ -174,21 +203,49 @@ class DDIMSampler(nn.Module):
             # the modified z0_hat implies (diffusers'
             # `use_clipped_model_output`, as in GLIDE).
             eps = (z_t - sqrt_abar_t * z0_hat) / sqrt_one_minus_abar_t
-
-        # sigma_t of eq. 16; eta = 1 gives the DDPM posterior std.
-        # (The clamp guards the sqrt against float round-off only.)
-        sigma = eta * ((1 - abar_prev) / (1 - abar_t)).sqrt() * (
-            1 - abar_t / abar_prev).clamp(min=0).sqrt()
-        # "direction pointing to x_t" of eq. 12. The clamp only matters for
-        # eta > 1, where the variance would exceed 1 - abar_prev.
-        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        z_prev = abar_prev.sqrt() * z0_hat + direction
+        # "direction pointing to x_t" of eq. 12.
+        z_prev = sqrt_abar_prev * z0_hat + direction * eps
         if eta > 0:
             # "random noise" term of eq. 12.
             if noise is None:
                 noise = torch.randn_like(z_t)
             z_prev = z_prev + sigma * noise
         return z_prev, z0_hat
+
+    def host_coefficients(self, schedule: NoiseSchedule, chain: Sequence[int],
+                          eta: float) -> List[Tuple[float, ...]]:
+        """Per-step scalars of a chain as Python floats, computed on the CPU.
+
+        The same float32 arithmetic as :meth:`step`, done once per
+        ``(schedule, chain, eta)`` on a host copy of ``abar`` and cached, so
+        that the sampling loop launches no kernel for scalars (a dozen tiny
+        kernels per step otherwise) and never reads the device.
+
+        Args:
+            schedule (NoiseSchedule): The schedule.
+            chain (Sequence[int]): Timesteps of the chain, descending.
+            eta (float): :math:`\\eta`.
+
+        Returns:
+            list[tuple[float, ...]]: One :meth:`_coefficients` tuple per
+            step.
+        """
+        key = (tuple(chain), float(eta))
+        cache = self._host_cache.setdefault(schedule, {})
+        if key not in cache:
+            abar = getattr(schedule, 'host_alphas_cumprod', None)
+            if abar is None:  # a schedule without a host copy
+                abar = schedule.alphas_cumprod.detach().float().cpu()
+            table = []
+            for i, t in enumerate(chain):
+                t_prev = chain[i + 1] if i + 1 < len(chain) else -1
+                abar_prev = abar[t_prev] if t_prev >= 0 else torch.ones(())
+                table.append(
+                    tuple(
+                        float(c) for c in self._coefficients(
+                            abar[t], abar_prev, eta)))
+            cache[key] = table
+        return cache[key]
 
     def sample(self,
                denoise_fn: DenoiseFn,
@@ -264,8 +321,8 @@ class DDIMSampler(nn.Module):
                 [labels, torch.full_like(labels, null_label)])
 
         chain = self.timesteps(schedule.num_timesteps, num_steps).tolist()
+        coefs = self.host_coefficients(schedule, chain, eta)
         for i, t in enumerate(chain):
-            t_prev = chain[i + 1] if i + 1 < len(chain) else -1
             if guided:
                 t_in = torch.full((2 * batch, ),
                                   t,
@@ -285,9 +342,7 @@ class DDIMSampler(nn.Module):
                 noise = torch.randn(
                     z.shape, generator=generator, device=device,
                     dtype=z.dtype)
-            z, _ = self.step(
-                schedule, eps, t, t_prev, z, eta=eta, noise=noise,
-                z0_fn=z0_fn)
+            z, _ = self._update(coefs[i], eps, z, eta, noise, z0_fn)
         return z
 
     def extra_repr(self) -> str:

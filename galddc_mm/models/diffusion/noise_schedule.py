@@ -98,6 +98,16 @@ class NoiseSchedule(nn.Module):
             sqrt_one_minus_alphas_cumprod=(1 - alphas_cumprod).sqrt())
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
+        # A host copy of abar (the same float32 values as the buffer, never
+        # moved by `.to()`): samplers read per-step coefficients from it as
+        # Python floats instead of launching tiny kernels on 0-d device
+        # tensors at every step.
+        self._host_alphas_cumprod = alphas_cumprod.float()
+
+    @property
+    def host_alphas_cumprod(self) -> Tensor:
+        """``alphas_cumprod`` as a float32 CPU tensor (never on a GPU)."""
+        return self._host_alphas_cumprod
 
     @staticmethod
     def _gather(buffer: Tensor, t: Union[int, Tensor], ndim: int) -> Tensor:
