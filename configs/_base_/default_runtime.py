@@ -26,6 +26,10 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # Visualise validation predictions; set enable=True to use it.
     visualization=dict(type='VisualizationHook', enable=False),
+    # Stop at the first NaN/Inf loss, naming the loss and the stage, before
+    # the poisoned weights are checkpointed (galddc_mm's hook; disable with
+    # default_hooks.numerical_guard=None).
+    numerical_guard=dict(type='NumericalGuardHook'),
 )
 
 env_cfg = dict(
@@ -33,7 +37,11 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     # NCCL on GPUs. On a machine without CUDA, galddc_mm (utils/compat.py)
     # switches to gloo, so `tools/dist_train.sh` also runs on CPUs.
-    dist_cfg=dict(backend='nccl'),
+    # `timeout` (seconds) bounds every collective: if a rank hangs, the
+    # others fail after this long instead of waiting forever (a rank that
+    # dies is noticed at once: torchrun stops the group). Keep it above the
+    # longest stretch one rank works alone (e.g. a checkpoint save).
+    dist_cfg=dict(backend='nccl', timeout=1800),
 )
 
 # Under DDP: mmengine's MMDistributedDataParallel that also accepts CPU

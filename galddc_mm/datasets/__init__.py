@@ -6,9 +6,13 @@ from .inat2018 import INat2018
 from .list_lt import LongTailListDataset, parse_list_file
 from .long_tail import BANDS, LongTailMixin, class_bands, long_tail_counts
 from .places_lt import PlacesLT
+from .synthetic_lt import SyntheticLT
+from .transforms import CheckedLoadImageFromFile, UnreadableImageError
 
 __all__ = [
-    'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'DigitsLT', 'INat2018', 'ImageNetLT',
-    'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'class_bands',
-    'ldam_long_tail_select', 'long_tail_counts', 'parse_list_file'
+    'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'CheckedLoadImageFromFile',
+    'DigitsLT', 'INat2018', 'ImageNetLT',
+    'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'SyntheticLT',
+    'class_bands', 'ldam_long_tail_select', 'long_tail_counts',
+    'parse_list_file', 'UnreadableImageError'
 ]

@@ -1,4 +1,10 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
+from .checkpoint_safety import (
+    DamagedCheckpointError,
+    atomic_torch_save,
+    checkpoint_damage,
+    find_resumable_checkpoint,
+)
 from .compat import (
     UnsafeCheckpointError,
     apply_patches,
@@ -14,7 +20,9 @@ from .final_metrics import (
 from .work_dir import WorkDir, load_per_class_accuracy
 
 __all__ = [
-    'UnsafeCheckpointError', 'apply_patches', 'checkpoint_safe_globals',
+    'DamagedCheckpointError', 'atomic_torch_save', 'checkpoint_damage',
+    'find_resumable_checkpoint', 'UnsafeCheckpointError', 'apply_patches',
+    'checkpoint_safe_globals',
     'collect_split_metrics', 'dump_final_metrics', 'format_metrics_table',
     'log_final_metrics', 'safe_torch_load', 'WorkDir',
     'load_per_class_accuracy'

@@ -34,7 +34,25 @@ Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
    needs GPUs. When neither CUDA nor another accelerator mmengine knows
    (MLU, NPU, MUSA) is available, the process group is initialised with
    ``gloo`` and ``set_device`` is skipped; on GPUs nothing changes.
-3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
+3. **Crash-safe checkpoint files** (:mod:`.checkpoint_safety`). mmengine
+   0.10.7 writes a checkpoint in place (``Runner.save_checkpoint`` ->
+   ``mmengine.runner.checkpoint.save_checkpoint`` -> ``torch.save`` into a
+   buffer -> ``LocalBackend.put``: ``open(path, 'wb')``, ``write``) and so
+   the ``CheckpointHook``'s ``last_checkpoint`` pointer (``open(path,
+   'w')``); a kill during either write leaves a truncated file under the
+   final name. Three names are rebound, each only for local files:
+   ``save_checkpoint`` (in ``mmengine.runner.checkpoint``,
+   ``mmengine.runner.runner`` and ``mmengine.runner``, which imported it by
+   name) writes a temporary file, ``fsync``-s it and renames it into place;
+   the ``open`` global of ``mmengine.hooks.checkpoint_hook`` (used there
+   for the pointer only) does the same for the pointer; and
+   ``find_latest_checkpoint`` in ``mmengine.runner.runner`` (auto
+   ``--resume``) skips a damaged latest checkpoint for the previous one,
+   with a warning naming both. Local loads (``load_from``, ``--resume
+   path``) check the file's zip CRCs first and raise
+   :class:`DamagedCheckpointError` instead of torch's obscure miniz error
+   (or, for a CRC mismatch, silently wrong tensors).
+4. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
    missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
    no model here uses) and setuptools' ``pkg_resources`` deprecation notice
    (mmengine needs ``pkg_resources`` for ``mmpretrain::`` configs, and
@@ -49,6 +67,7 @@ from typing import Any, Callable, List, Optional
 
 import mmengine.device as mmengine_device
 import mmengine.dist.utils as mmengine_dist_utils
+import mmengine.hooks.checkpoint_hook as mmengine_checkpoint_hook
 import mmengine.runner as mmengine_runner
 import mmengine.runner.checkpoint as mmengine_checkpoint
 import mmengine.runner.runner as mmengine_runner_module
@@ -57,14 +76,22 @@ import torch
 from mmengine.logging import HistoryBuffer, print_log
 from torch import distributed as torch_dist
 
+from .checkpoint_safety import (
+    DamagedCheckpointError,
+    atomic_save_checkpoint,
+    checkpoint_damage,
+    checkpoint_hook_open,
+    find_resumable_checkpoint,
+)
+
 try:  # numpy>=2 moved ``numpy.core`` to ``numpy._core``
     from numpy._core import multiarray as _np_multiarray
 except ImportError:  # pragma: no cover - numpy<2
     from numpy.core import multiarray as _np_multiarray
 
 __all__ = [
-    'UnsafeCheckpointError', 'apply_patches', 'checkpoint_safe_globals',
-    'safe_torch_load'
+    'DamagedCheckpointError', 'UnsafeCheckpointError', 'apply_patches',
+    'checkpoint_safe_globals', 'safe_torch_load'
 ]
 
 _WEIGHTS_ONLY_FAILURE = 'Weights only load failed'
@@ -248,10 +275,22 @@ def safe_torch_load(filename: str, map_location: Optional[Any] = None):
 
 
 def load_from_local(filename: str, map_location: Optional[Any] = None):
-    """Replacement for mmengine's ``load_from_local`` scheme handler."""
+    """Replacement for mmengine's ``load_from_local`` scheme handler.
+
+    Checks the file's integrity (:func:`checkpoint_damage`, no unpickling)
+    before the safe load.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        DamagedCheckpointError: The file is truncated or fails a CRC.
+        UnsafeCheckpointError: The pickle refers to a disallowed global.
+    """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    reason = checkpoint_damage(filename)
+    if reason is not None:
+        raise DamagedCheckpointError(filename, reason)
     return safe_torch_load(filename, map_location=map_location)
 
 
@@ -307,6 +346,19 @@ def _patch_checkpoint_loading() -> None:
                        mmengine_runner):
             if hasattr(module, '_load_checkpoint'):
                 module._load_checkpoint = wrapped
+
+
+def _patch_checkpoint_saving() -> None:
+    """Atomic checkpoint and pointer writes, resume past damaged files."""
+    for module in (mmengine_checkpoint, mmengine_runner_module,
+                   mmengine_runner):
+        if hasattr(module, 'save_checkpoint'):
+            module.save_checkpoint = atomic_save_checkpoint
+    # The hook's only ``open`` call writes the pointer; a module global
+    # shadows the builtin for that module alone.
+    mmengine_checkpoint_hook.open = checkpoint_hook_open
+    # ``Runner.load_or_resume`` looks the name up in its own module.
+    mmengine_runner_module.find_latest_checkpoint = find_resumable_checkpoint
 
 
 def _accelerator_available() -> bool:
@@ -376,6 +428,7 @@ def apply_patches() -> None:
         return
     _silence_known_warnings()
     _patch_checkpoint_loading()
+    _patch_checkpoint_saving()
     _patch_init_dist()
     _PATCHED = True
 

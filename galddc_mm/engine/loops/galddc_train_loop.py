@@ -175,6 +175,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         self._active: Optional[Stage] = None
         self._cache: Optional[Dict[str, torch.Tensor]] = None
         self._check_model_and_optim()
+        self._resolve_stage_schedulers()
+        self._check_model_and_data()
         self._max_iters = sum(
             self._iters_of(stage) * stage.epochs for stage in self.stages)
 
@@ -285,6 +287,45 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
     def _latent_batch_size(self, stage: Stage) -> int:
         return stage.batch_size or self.image_dataloader.batch_size
 
+    def _resolve_stage_schedulers(self) -> None:
+        """Turn stage-relative parameter schedulers into global epochs.
+
+        A scheduler config with ``stage='<name>'`` counts ``begin``, ``end``
+        and ``milestones`` from that stage's first epoch (``end`` defaults
+        to the stage's length), so recipes stay right when a stage is
+        shortened or skipped (``epochs=0``: its schedulers are dropped).
+        Runs before the runner builds the schedulers.
+        """
+        schedulers = self.runner.param_schedulers
+        if schedulers is None:
+            return
+        groups = (schedulers.values()
+                  if isinstance(schedulers, dict) and 'type' not in schedulers
+                  else [schedulers])
+        all_stages = {s['name']: s for s in self.runner.cfg.train_cfg.stages}
+        for group in groups:
+            cfgs = group if isinstance(group, list) else [group]
+            for cfg in list(cfgs):
+                if not isinstance(cfg, dict) or 'stage' not in cfg:
+                    continue
+                name = cfg.pop('stage')
+                if name not in all_stages:
+                    raise ValueError(
+                        f'param_scheduler entry {cfg} names stage {name!r}, '
+                        f'which train_cfg.stages does not have.')
+                stage = next((s for s in self.stages if s.name == name),
+                             None)
+                if stage is None:  # a skipped stage: nothing to schedule
+                    cfgs.remove(cfg)
+                    continue
+                cfg['by_epoch'] = True
+                cfg['begin'] = stage.begin + cfg.get('begin', 0)
+                cfg['end'] = stage.begin + cfg.get('end', stage.epochs)
+                if 'milestones' in cfg:
+                    cfg['milestones'] = [
+                        stage.begin + m for m in cfg['milestones']
+                    ]
+
     def _check_model_and_optim(self) -> None:
         model = _ori(self.runner.model)
         if not hasattr(model, 'set_stage'):
@@ -295,11 +336,144 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         if optim_cfg.get('constructor') == 'GALDDCOptimWrapperConstructor':
             for stage in self.stages:
                 for part in model.trainable_parts(stage.name, stage.mode):
-                    if part not in optim_cfg:
+                    # ``--cfg-options optim_wrapper.<part>=None`` drops it.
+                    if optim_cfg.get(part) is None:
                         raise KeyError(
                             f'Stage {stage!r} trains the {part!r} part but '
                             f'optim_wrapper has no {part!r} entry; add '
                             f'optim_wrapper.{part}=dict(optimizer=...).')
+
+    def _check_model_and_data(self) -> None:
+        """Refuse configurations that would fail later, before any epoch.
+
+        Run when the loop is built (``runner.train()``, before weights are
+        initialised or a checkpoint is loaded), so a bad configuration
+        costs seconds, not a stage of training:
+
+        - ``model.head.num_classes`` (which the diffusion head and the
+          geometry inherit) must equal the number of classes of the
+          training set (``metainfo['classes']`` and the class counts);
+        - with a diffusion stage, ``model.geometry.tau`` must leave at
+          least one head class (``n_y >= tau``), else ``r_prior`` is
+          undefined (the same error :class:`ClassGeometry` raises at stage
+          2 entry). No tail class is allowed (a balanced set), as is a
+          class without training images; both are logged as warnings;
+        - the DDIM steps of the sampler (and of ``model.pseudo_sampling``
+          and any hook's ``sampling``) must not exceed the schedule's
+          training timesteps T;
+        - the encoder (backbone + neck) must pool one training sample to a
+          ``(1, D)`` latent with ``D = model.head.in_channels``: one
+          forward of the frozen copy E^(0) in eval mode, under a saved and
+          restored random state, so the run is unchanged.
+        """
+        model = _ori(self.runner.model)
+        dataset = self.image_dataloader.dataset
+        num_classes = getattr(model, 'num_classes', None)
+        counts = None
+        if hasattr(dataset, 'get_class_counts'):
+            counts = np.asarray(dataset.get_class_counts())
+        if num_classes is not None:
+            classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+            for what, n in (("metainfo['classes']",
+                             None if classes is None else len(classes)),
+                            ('get_class_counts()',
+                             None if counts is None else len(counts))):
+                if n is not None and n != num_classes:
+                    raise ValueError(
+                        f'model.head.num_classes={num_classes} disagrees '
+                        f'with the training set {type(dataset).__name__}, '
+                        f'which has {n} classes (dataset.{what}). Set '
+                        f'model.head.num_classes={n} (the diffusion head '
+                        'and the geometry inherit it) and the data '
+                        'preprocessor\'s num_classes, or fix the data set.')
+        if any(stage.name == 'diffusion' for stage in self.stages):
+            if counts is not None and hasattr(model, 'geometry'):
+                self._check_tau(model.geometry.tau, counts)
+            self._check_sampling_steps(model)
+        self._check_latent_dim(model, dataset)
+
+    def _check_tau(self, tau, counts: np.ndarray) -> None:
+        logger = self.runner.logger
+        valid = counts > 0
+        if not valid.any():
+            raise ValueError('The training set has no sample in any class.')
+        lo, hi = int(counts[valid].min()), int(counts.max())
+        if not (counts >= tau).any():
+            raise ValueError(
+                f'model.geometry.tau={tau} is above every class count of '
+                f'the training set (counts range over [{lo}, {hi}]): no '
+                'head class, so r_prior (the mean radius of head classes) '
+                f'is undefined. Use model.geometry.tau <= {hi}.')
+        if not (valid & (counts < tau)).any():
+            logger.warning(
+                f'model.geometry.tau={tau} is at or below every non-empty '
+                f'class count (smallest {lo}): no tail class, so '
+                'calibration is a no-op (r_cal = r_obs). Use tau > '
+                f'{lo} to calibrate the smallest classes.')
+        if not valid.all():
+            empty = np.flatnonzero(~valid).tolist()
+            logger.warning(
+                f'{len(empty)} class(es) have no training sample: '
+                f'{empty[:20]}{" ..." if len(empty) > 20 else ""}. The '
+                'geometry marks them invalid (no prototype, excluded from '
+                'r_prior, margins and pseudo-latent labels); they can '
+                'still be predicted only by chance.')
+
+    def _check_sampling_steps(self, model) -> None:
+        head = _ori(getattr(model, 'diffusion_head', None))
+        num_timesteps = getattr(
+            getattr(head, 'schedule', None), 'num_timesteps', None)
+        if num_timesteps is None:
+            return
+        where = [('model.diffusion_head.sampler.num_steps',
+                  getattr(getattr(head, 'sampler', None), 'num_steps',
+                          None)),
+                 ('model.pseudo_sampling.num_steps',
+                  (getattr(model, 'pseudo_sampling', None)
+                   or {}).get('num_steps'))]
+        for hook in self.runner.hooks:
+            sampling = getattr(hook, 'sampling', None)
+            if isinstance(sampling, dict):
+                where.append((f'{type(hook).__name__}.sampling.num_steps',
+                              sampling.get('num_steps')))
+        for key, steps in where:
+            if steps is not None and steps > num_timesteps:
+                raise ValueError(
+                    f'{key}={steps} exceeds the T={num_timesteps} training '
+                    'timesteps of the noise schedule (model.diffusion_head.'
+                    'schedule.num_timesteps); DDIM needs 1 <= num_steps <= '
+                    'T.')
+
+    @torch.no_grad()
+    def _check_latent_dim(self, model, dataset) -> None:
+        if not (hasattr(model, 'encode_frozen')
+                and hasattr(model, 'latent_dim') and len(dataset) > 0):
+            return
+        # The train pipeline draws random numbers: restore them so that
+        # the check leaves the run exactly as it would be without it.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                batch = self.image_dataloader.collate_fn([dataset[0]])
+                was_training = model.training
+                model.eval()  # no BN statistics update
+                try:
+                    inputs = model.data_preprocessor(batch, False)['inputs']
+                    feats = model.encode_frozen(inputs)
+                finally:
+                    model.train(was_training)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        if feats.dim() != 2 or feats.size(1) != model.latent_dim:
+            raise ValueError(
+                'The encoder (model.backbone + model.neck) turns a training '
+                f'sample into a latent of shape {tuple(feats.shape)}, but '
+                f'the model expects (1, {model.latent_dim}): '
+                f'model.head.in_channels={model.latent_dim} is the latent '
+                'dimension of the cls head, the diffusion head and the '
+                'geometry. Set model.head.in_channels to the encoder\'s '
+                'output channels (or use a neck that pools to (B, D)).')
 
     # ------------------------------------------------------------------
     # running
@@ -409,6 +583,16 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         if hasattr(dataset, 'get_class_counts'):
             counts = torch.as_tensor(
                 np.asarray(dataset.get_class_counts()), dtype=torch.long)
+            if latents.size(0) != int(counts.sum()):
+                raise ValueError(
+                    f'The latent cache holds {latents.size(0)} latents but '
+                    f'the training set has {int(counts.sum())} samples. '
+                    'Samples were lost during extraction (e.g. images '
+                    "skipped by CheckedLoadImageFromFile(on_error='skip'), "
+                    'named in the warnings) or train_cfg.extract_dataloader '
+                    'reads another data set. Remove unreadable images from '
+                    'the list file: the class geometry needs every '
+                    'training latent.')
         # Each rank hands its own share of D_z; the geometry all-reduces the
         # sums and counts, so the result equals one process on all of it.
         rank, world_size = get_dist_info()
@@ -457,6 +641,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
             cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
             cfg.pop('batch_sampler', None)
             cfg['persistent_workers'] = False
+            # Every sample once: no drop_last from the training loader.
+            cfg['drop_last'] = False
         return self.runner.build_dataloader(cfg, seed=self.runner.seed)
 
     @torch.no_grad()

@@ -1,0 +1,286 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""Crash-safe checkpoint files: atomic writes, integrity, resume fallback.
+
+The end-to-end side (a process SIGKILLed while writing a checkpoint, a
+truncated latest checkpoint and ``--resume``) is in
+``test_reliability_training.py``.
+"""
+import glob
+import io
+import os
+import os.path as osp
+import stat
+import tempfile
+from collections import OrderedDict
+from unittest import TestCase, mock
+
+import mmengine.hooks.checkpoint_hook as checkpoint_hook
+import mmengine.runner.checkpoint as mmengine_checkpoint
+import mmengine.runner.runner as mmengine_runner
+import torch
+from mmengine.fileio import LocalBackend
+from mmengine.logging import MMLogger
+from mmengine.runner.checkpoint import _load_checkpoint
+
+import galddc_mm  # noqa: F401  (installs the patches)
+from galddc_mm.utils import (
+    DamagedCheckpointError,
+    atomic_torch_save,
+    checkpoint_damage,
+    find_resumable_checkpoint,
+)
+from galddc_mm.utils.checkpoint_safety import AtomicTextWriter
+
+REAL_SAVE = torch.save
+
+
+def _write_half_then_fail(data, f):
+    if isinstance(f, str):
+        f = open(f, 'wb')
+    f.write(data[:len(data) // 2])
+    f.flush()
+    raise KeyboardInterrupt('killed while writing')
+
+
+def _save_half_then_fail(obj, f, *args, **kwargs):
+    """torch.save that dies half-way through writing a file."""
+    buf = io.BytesIO()
+    REAL_SAVE(obj, buf, *args, **kwargs)
+    if isinstance(f, io.BytesIO):  # mmengine serialises to memory first
+        f.write(buf.getvalue())
+        return
+    _write_half_then_fail(buf.getvalue(), f)
+
+
+def _dying_writes():
+    """Any write of checkpoint bytes to disk dies half-way."""
+    return mock.patch.multiple(
+        'torch', save=_save_half_then_fail), mock.patch.object(
+            LocalBackend, 'put',
+            lambda self, obj, filepath: _write_half_then_fail(obj, filepath))
+
+
+def _ckpt(value):
+    return {'meta': {'epoch': value}, 'state_dict': OrderedDict(
+        w=torch.full((64, ), float(value)))}
+
+
+def _flip_tensor_byte(path):
+    """Change one byte of a tensor record, leaving the zip readable."""
+    with open(path, 'rb') as f:
+        data = bytearray(f.read())
+    marker = torch.full((64, ), 3.0).numpy().tobytes()[:8]
+    pos = bytes(data).find(marker)
+    assert pos > 0
+    data[pos + 3] ^= 0xFF
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def _truncate(path, keep=0.5):
+    size = osp.getsize(path)
+    with open(path, 'r+b') as f:
+        f.truncate(int(size * keep))
+
+
+class TestAtomicWrites(TestCase):
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def _temp_files(self):
+        return glob.glob(osp.join(self.tmp, '.*.tmp'))
+
+    def test_mmengine_names_are_rebound(self):
+        from galddc_mm.utils import checkpoint_safety
+        for module in (mmengine_checkpoint, mmengine_runner):
+            self.assertIs(module.save_checkpoint,
+                          checkpoint_safety.atomic_save_checkpoint)
+        self.assertIs(mmengine_runner.find_latest_checkpoint,
+                      find_resumable_checkpoint)
+        self.assertIs(checkpoint_hook.open,
+                      checkpoint_safety.checkpoint_hook_open)
+
+    def test_save_checkpoint_round_trip(self):
+        path = osp.join(self.tmp, 'sub', 'epoch_1.pth')
+        mmengine_checkpoint.save_checkpoint(_ckpt(1), path)
+        self.assertEqual(_load_checkpoint(path)['meta']['epoch'], 1)
+        self.assertEqual(self._temp_files(), [])
+        # Permissions follow the umask, as a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode),
+                         0o666 & ~umask)
+
+    def test_interrupted_save_keeps_the_old_file(self):
+        path = osp.join(self.tmp, 'epoch_1.pth')
+        mmengine_checkpoint.save_checkpoint(_ckpt(1), path)
+        with open(path, 'rb') as f:
+            before = f.read()
+        patch_save, patch_put = _dying_writes()
+        with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
+            mmengine_checkpoint.save_checkpoint(_ckpt(2), path)
+        with open(path, 'rb') as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(self._temp_files(), [])
+        # A new file that never completed does not appear at all.
+        fresh = osp.join(self.tmp, 'epoch_2.pth')
+        patch_save, patch_put = _dying_writes()
+        with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
+            atomic_torch_save(_ckpt(2), fresh)
+        self.assertFalse(osp.exists(fresh))
+
+    def test_pointer_written_atomically(self):
+        pointer = osp.join(self.tmp, 'last_checkpoint')
+        # The CheckpointHook's own call: open(save_file, 'w').
+        with checkpoint_hook.open(pointer, 'w') as f:
+            f.write('/a/epoch_1.pth')
+        with self.assertRaises(KeyboardInterrupt):
+            with checkpoint_hook.open(pointer, 'w') as f:
+                f.write('/a/epoch_2')  # killed mid-write
+                raise KeyboardInterrupt
+        with open(pointer) as f:
+            self.assertEqual(f.read(), '/a/epoch_1.pth')
+        self.assertEqual(self._temp_files(), [])
+        # Every other open() of that module is the builtin one.
+        other = osp.join(self.tmp, 'other.txt')
+        with checkpoint_hook.open(other, 'w') as f:
+            self.assertNotIsInstance(f, AtomicTextWriter)
+            f.write('x')
+        with checkpoint_hook.open(other) as f:
+            self.assertEqual(f.read(), 'x')
+
+
+class TestCheckpointIntegrity(TestCase):
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        self.path = osp.join(self.tmp, 'epoch_3.pth')
+        torch.save(_ckpt(3), self.path)
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_intact_file(self):
+        self.assertIsNone(checkpoint_damage(self.path))
+        # torch's legacy (non-zip) format cannot be checked: passed on.
+        legacy = osp.join(self.tmp, 'legacy.pth')
+        torch.save(_ckpt(1), legacy, _use_new_zipfile_serialization=False)
+        self.assertIsNone(checkpoint_damage(legacy))
+
+    def test_damage_reasons(self):
+        self.assertEqual(checkpoint_damage(osp.join(self.tmp, 'no.pth')),
+                         'it does not exist')
+        empty = osp.join(self.tmp, 'empty.pth')
+        open(empty, 'wb').close()
+        self.assertEqual(checkpoint_damage(empty), 'it is empty (0 bytes)')
+        _truncate(self.path)
+        self.assertRegex(checkpoint_damage(self.path),
+                         r'^it is truncated or corrupted \(\d+ bytes')
+
+    def test_truncated_file_refused_by_loaders(self):
+        _truncate(self.path)
+        with self.assertRaisesRegex(
+                DamagedCheckpointError,
+                r"Checkpoint '.*epoch_3\.pth' is damaged: it is truncated.*"
+                r'nothing from it was loaded'):
+            _load_checkpoint(self.path, map_location='cpu')
+
+    def test_bit_flip_detected(self):
+        _flip_tensor_byte(self.path)
+        self.assertRegex(checkpoint_damage(self.path),
+                         r"member '.*data/0' fails its CRC-32 check")
+        # torch.load itself does not notice: it returns wrong values.
+        loaded = torch.load(self.path)['state_dict']['w']
+        self.assertFalse(torch.equal(loaded, torch.full((64, ), 3.0)))
+        with self.assertRaisesRegex(DamagedCheckpointError, 'CRC-32'):
+            _load_checkpoint(self.path, map_location='cpu')
+
+
+class TestResumeFallback(TestCase):
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        self.ckpts = []
+        for epoch in (1, 2, 3):
+            path = osp.join(self.tmp, f'epoch_{epoch}.pth')
+            torch.save(_ckpt(epoch), path)
+            self.ckpts.append(path)
+        torch.save(_ckpt(9), osp.join(self.tmp, 'best_acc_epoch_9.pth'))
+        self._point_to(self.ckpts[-1])
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def _point_to(self, text):
+        with open(osp.join(self.tmp, 'last_checkpoint'), 'w') as f:
+            f.write(text)
+
+    def _find(self):
+        logger = MMLogger.get_current_instance()
+        with self.assertLogs(logger, 'INFO') as logs:
+            found = find_resumable_checkpoint(self.tmp)
+            logger.info('done')  # assertLogs needs one record at least
+        return found, '\n'.join(logs.output)
+
+    def test_latest_intact(self):
+        found, log = self._find()
+        self.assertEqual(found, self.ckpts[-1])
+        self.assertNotIn('WARNING', log)
+
+    def test_no_pointer_trains_from_scratch(self):
+        os.unlink(osp.join(self.tmp, 'last_checkpoint'))
+        found, log = self._find()
+        self.assertIsNone(found)
+        self.assertIn('Did not find last_checkpoint', log)
+
+    def test_truncated_latest_falls_back_to_previous(self):
+        _truncate(self.ckpts[-1])
+        found, log = self._find()
+        self.assertEqual(found, self.ckpts[1])
+        self.assertRegex(
+            log, r'WARNING.*Cannot resume from the latest checkpoint: '
+            r'.*epoch_3\.pth: it is truncated.*Resuming from the previous '
+            r'checkpoint .*epoch_2\.pth instead')
+
+    def test_missing_latest_and_damaged_previous(self):
+        os.unlink(self.ckpts[-1])
+        _truncate(self.ckpts[1], keep=0.01)
+        found, log = self._find()
+        self.assertEqual(found, self.ckpts[0])
+        self.assertRegex(log, r'epoch_3\.pth: it does not exist; .*'
+                         r'epoch_2\.pth: it is truncated')
+
+    def test_empty_pointer_uses_newest_intact(self):
+        self._point_to('')
+        found, log = self._find()
+        self.assertEqual(found, self.ckpts[-1])
+        self.assertIn('last_checkpoint is empty', log)
+
+    def test_nothing_intact_is_an_error(self):
+        for path in self.ckpts:
+            _truncate(path)
+        with self.assertRaisesRegex(
+                DamagedCheckpointError,
+                r'no intact checkpoint to resume from .*epoch_3\.pth.*'
+                r'epoch_1\.pth.*Delete .*last_checkpoint to train from '
+                r'scratch'):
+            find_resumable_checkpoint(self.tmp)
+
+    def test_stale_temp_files_removed(self):
+        stale = osp.join(self.tmp, '.epoch_4.pth.0123abcd.tmp')
+        with open(stale, 'wb') as f:
+            f.write(b'PK\x03\x04half')
+        keep = osp.join(self.tmp, '.notes.tmp')  # not one of ours
+        open(keep, 'w').close()
+        found, log = self._find()
+        self.assertEqual(found, self.ckpts[-1])
+        self.assertFalse(osp.exists(stale))
+        self.assertTrue(osp.exists(keep))
+        self.assertIn('a checkpoint write interrupted by a kill', log)
