@@ -73,9 +73,16 @@ def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
             dataset.val_per_class = 1
         elif dataset_type == 'DigitsLT':
             dataset.n_max = 30  # ~100 training images, all bands but many
+        elif dataset_type == 'SyntheticLT':
+            # 20 classes of 8..1 images at 32 px.
+            dataset.update(num_classes=20, n_max=8, img_size=32)
+            cfg.model.head.num_classes = 20
+            cfg.data_preprocessor.num_classes = 20
         elif dataset_type in LIST_KINDS:
             dataset.data_root = data_roots[LIST_KINDS[dataset_type]]
         _shrink_pipeline(dataset.pipeline)
+    # No single-image last batch (BatchNorm refuses it in training).
+    cfg.train_dataloader.drop_last = True
     backbone = cfg.model.backbone
     if 'img_size' in backbone:
         backbone.img_size = 32

@@ -75,11 +75,22 @@ optim_wrapper = dict(
     diffusion=dict(
         optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0)))
 
-# Each part's schedule covers the stages it trains in (epochs are global).
+# Each part's schedule covers the stages it trains in. `stage=` makes
+# begin/end/milestones count from that stage's first epoch (end defaults to
+# the stage's length), so schedules follow when a stage is resized or
+# skipped; without `stage=` epochs are global, as usual in mmengine.
 param_scheduler = dict(
-    encoder=[dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=90)],
-    head=[dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=90)],
-    diffusion=[dict(type='ConstantLR', factor=1.0, by_epoch=True)])
+    encoder=[
+        dict(type='CosineAnnealingLR', stage='representation'),
+        dict(type='CosineAnnealingLR', stage='finetune'),
+    ],
+    head=[
+        dict(type='CosineAnnealingLR', stage='representation'),
+        dict(type='CosineAnnealingLR', stage='finetune'),
+    ],
+    diffusion=[
+        dict(type='CosineAnnealingLR', stage='diffusion', eta_min=1e-5),
+    ])
 
 # Separate DDP per part: survives parts being frozen between stages.
 model_wrapper_cfg = dict(_delete_=True, type='GALDDCDistributedDataParallel')

@@ -31,18 +31,10 @@ optim_wrapper = dict(
     head=dict(optimizer=dict(lr=0.05, weight_decay=5e-4)),
     diffusion=dict(optimizer=dict(lr=1e-3)))
 
+# Cosine schedules per stage (see configs/_base_/galddc_default.py).
 param_scheduler = dict(
-    encoder=[
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=60),
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=70, end=90),
-    ],
-    head=[
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=60),
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=70, end=90),
-    ],
     diffusion=[
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=60, end=70,
-             eta_min=1e-4)
+        dict(type='CosineAnnealingLR', stage='diffusion', eta_min=1e-4),
     ])
 
 # Head/tail accuracy with the same tau as the geometry.

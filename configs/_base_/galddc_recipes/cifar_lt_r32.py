@@ -28,16 +28,17 @@ optim_wrapper = dict(
     head=dict(optimizer=dict(lr=0.1, weight_decay=2e-4)),
     diffusion=dict(optimizer=dict(lr=1e-3)))
 
+# Stage 1: warm-up then x0.01 at epochs 160 and 180 (LDAM-DRW); stage 3:
+# cosine. `stage=` counts epochs from the stage's start.
 _stage1 = [
-    dict(type='LinearLR', start_factor=0.2, by_epoch=True, begin=0, end=5),
-    dict(type='MultiStepLR', by_epoch=True, milestones=[160, 180],
-         gamma=0.01, begin=0, end=200),
+    dict(type='LinearLR', start_factor=0.2, stage='representation', end=5),
+    dict(type='MultiStepLR', milestones=[160, 180], gamma=0.01,
+         stage='representation'),
 ]
-_stage3 = [dict(type='CosineAnnealingLR', by_epoch=True, begin=220, end=240)]
+_stage3 = [dict(type='CosineAnnealingLR', stage='finetune')]
 param_scheduler = dict(
     encoder=_stage1 + _stage3,
     head=_stage1 + _stage3,
     diffusion=[
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=200, end=220,
-             eta_min=1e-5)
+        dict(type='CosineAnnealingLR', stage='diffusion', eta_min=1e-5)
     ])

@@ -33,16 +33,11 @@ optim_wrapper = dict(
     head=dict(optimizer=dict(lr=0.2, weight_decay=5e-4)),
     diffusion=dict(optimizer=dict(lr=1e-3)))
 
-_schedule = [
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=90),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=110, end=120),
-]
+# Cosine within stage 1 and within stage 3 for E and G; cosine for theta
+# in stage 2 (the defaults of configs/_base_/galddc_default.py).
 param_scheduler = dict(
-    encoder=_schedule,
-    head=_schedule,
     diffusion=[
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=90, end=110,
-             eta_min=1e-5)
+        dict(type='CosineAnnealingLR', stage='diffusion', eta_min=1e-5)
     ])
 
 # The lrs above are for a total batch of 512 (8 GPUs x 64);
