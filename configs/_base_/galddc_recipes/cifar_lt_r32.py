@@ -7,7 +7,12 @@ _base_ = ['../galddc_default.py']
 
 model = dict(
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
-    head=dict(in_channels=64),
+    # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
+    # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).
+    head=dict(
+        loss=dict(_delete_=True, type='LabelSmoothCELoss',
+                  label_smooth_val=0.1),
+        in_channels=64),
     diffusion_head=dict(
         denoiser=dict(hidden_dim=512, num_blocks=4, time_embed_dim=128)),
     geometry=dict(tau=20, lam=0.5),

@@ -12,7 +12,12 @@ model = dict(
     backbone=dict(
         type='ResNet', depth=50, num_stages=4, out_indices=(3, ),
         style='pytorch'),
-    head=dict(in_channels=2048),
+    # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
+    # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).
+    head=dict(
+        loss=dict(_delete_=True, type='LabelSmoothCELoss',
+                  label_smooth_val=0.1),
+        in_channels=2048),
     diffusion_head=dict(
         denoiser=dict(hidden_dim=2048, num_blocks=4, time_embed_dim=256)),
     geometry=dict(tau=20, lam=0.5),
