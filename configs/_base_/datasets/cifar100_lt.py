@@ -16,70 +16,16 @@
 #   val_dataloader = dict(dataset=dict(imbalance_factor=imbalance_factor))
 #   test_dataloader = dict(dataset=dict(imbalance_factor=imbalance_factor))
 # or with --cfg-options {train,val,test}_dataloader.dataset.imbalance_factor=50
+# Everything but the data set type, class count and normalisation is
+# CIFAR-10-LT's.
+_base_ = ['./cifar10_lt.py']
+
 dataset_type = 'CIFAR100LT'
-data_root = 'data/cifar'
-imbalance_factor = 100
 data_preprocessor = dict(
     num_classes=100,
-    # RGB format normalization parameters
     mean=[129.304, 124.070, 112.434],
-    std=[68.170, 65.392, 70.418],
-    # loaded images are already RGB format
-    to_rgb=False)
+    std=[68.170, 65.392, 70.418])
 
-train_pipeline = [
-    dict(type='RandomCrop', crop_size=32, padding=4),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-
-test_pipeline = [
-    dict(type='PackInputs'),
-]
-
-train_dataloader = dict(
-    batch_size=128,
-    num_workers=4,
-    persistent_workers=True,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        split='train',
-        imbalance_factor=imbalance_factor,
-        pipeline=train_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=True),
-)
-
-val_dataloader = dict(
-    batch_size=256,
-    num_workers=4,
-    persistent_workers=True,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        split='val',
-        imbalance_factor=imbalance_factor,
-        pipeline=test_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=False),
-)
-val_evaluator = dict(
-    type='LongTailAccuracy',
-    topk=(1, 5),
-    per_class_file='val_per_class_accuracy')
-
-test_dataloader = dict(
-    batch_size=256,
-    num_workers=4,
-    persistent_workers=True,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        split='test',
-        imbalance_factor=imbalance_factor,
-        pipeline=test_pipeline),
-    sampler=dict(type='DefaultSampler', shuffle=False),
-)
-test_evaluator = dict(
-    type='LongTailAccuracy',
-    topk=(1, 5),
-    per_class_file='test_per_class_accuracy')
+train_dataloader = dict(dataset=dict(type=dataset_type))
+val_dataloader = dict(dataset=dict(type=dataset_type))
+test_dataloader = dict(dataset=dict(type=dataset_type))
