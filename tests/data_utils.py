@@ -261,3 +261,28 @@ def make_list_dataset(root: str,
         entries=entries,
         train_counts=counts,
         num_classes=num_classes)
+
+
+# A tiny GALD-DC model (4 classes, 64-d latents from CifarResNet-20) for
+# model-level tests that need the real classifier but no training run.
+TINY_NUM_CLASSES, TINY_DIM = 4, 64
+TINY_GALDDC_MODEL = dict(
+    type='GALDDCClassifier',
+    backbone=dict(type='CifarResNet', depth=20, in_channels=3),
+    neck=dict(type='GlobalAveragePooling'),
+    head=dict(
+        type='LinearClsHead',
+        num_classes=TINY_NUM_CLASSES,
+        in_channels=TINY_DIM,
+        loss=dict(type='CrossEntropyLoss')),
+    diffusion_head=dict(
+        type='LatentDiffusionHead',
+        schedule=dict(type='NoiseSchedule', num_timesteps=50),
+        denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
+                      time_embed_dim=16),
+        sampler=dict(type='DDIMSampler', num_steps=5)),
+    geometry=dict(type='ClassGeometry', tau=3),
+    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
+    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
+    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
+                     loss_weight=0.1))

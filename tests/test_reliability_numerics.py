@@ -9,6 +9,9 @@ from types import SimpleNamespace
 from unittest import TestCase
 
 import torch
+from data_utils import TINY_DIM as DIM
+from data_utils import TINY_GALDDC_MODEL as MODEL
+from data_utils import TINY_NUM_CLASSES as NUM_CLASSES
 from mmengine.hooks import RuntimeInfoHook
 from mmengine.logging import MessageHub
 from mmpretrain.registry import HOOKS, MODELS
@@ -17,28 +20,6 @@ import galddc_mm  # noqa: F401
 from galddc_mm.engine.hooks import NonFiniteLossError
 from galddc_mm.engine.loops.galddc_train_loop import Stage
 from galddc_mm.models.classifiers.galddc import GALDDCClassifier
-
-NUM_CLASSES, DIM = 4, 64
-MODEL = dict(
-    type='GALDDCClassifier',
-    backbone=dict(type='CifarResNet', depth=20, in_channels=3),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=NUM_CLASSES,
-        in_channels=DIM,
-        loss=dict(type='CrossEntropyLoss')),
-    diffusion_head=dict(
-        type='LatentDiffusionHead',
-        schedule=dict(type='NoiseSchedule', num_timesteps=50),
-        denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
-                      time_embed_dim=16),
-        sampler=dict(type='DDIMSampler', num_steps=5)),
-    geometry=dict(type='ClassGeometry', tau=3),
-    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
-    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
-    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
-                     loss_weight=0.1))
 
 
 def _fake_runner(stage, hub_name):
