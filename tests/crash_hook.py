@@ -154,3 +154,45 @@ class FaultInjectionHook(Hook):
         torch.save = save
         LocalBackend.put = lambda self, obj, filepath: write_half_then_die(
             obj, filepath)
+
+
+@HOOKS.register_module()
+class LateLastCollectiveHook(Hook):
+    """Rank ``rank``'s last collective ends late on a gloo worker thread.
+
+    What a loaded machine does at random, made certain: after the run
+    (``after_run``, so for ``train``, ``val`` and ``test``) every rank
+    joins one more all-reduce; the other ranks join ``delay`` seconds late,
+    so rank ``rank`` attaches a completion callback while the work is still
+    pending, and the callback then runs on the gloo worker thread and
+    keeps it busy for ``hold`` seconds, holding the GIL's favour: when it
+    returns it must take the GIL again. A process that reaches interpreter
+    finalization with that thread still busy is aborted by the runtime
+    (``terminate called without an active exception``, SIGABRT) after a
+    successful run; one that joins the group's threads first is not.
+
+    Args:
+        rank (int): The late rank. Defaults to 1.
+        delay (float): Seconds the other ranks wait. Defaults to 0.5.
+        hold (float): Seconds the worker thread stays busy. Defaults to 1.5.
+    """
+
+    priority = 'LOWEST'
+
+    def __init__(self, rank: int = 1, delay: float = 0.5, hold: float = 1.5):
+        self.rank = rank
+        self.delay = delay
+        self.hold = hold
+        self._pending = []
+
+    def after_run(self, runner) -> None:
+        import torch.distributed as torch_dist
+        if not (torch_dist.is_available() and torch_dist.is_initialized()):
+            return
+        if get_rank() != self.rank:
+            time.sleep(self.delay)
+        work = torch_dist.all_reduce(torch.ones(1), async_op=True)
+        if get_rank() == self.rank:
+            hold = self.hold
+            self._pending.append(
+                work.get_future().then(lambda fut: time.sleep(hold)))

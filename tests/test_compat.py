@@ -6,12 +6,12 @@ import pickle
 import tempfile
 import zipfile
 from collections import OrderedDict
-from unittest import TestCase, mock
+from unittest import TestCase
 
 import numpy as np
 import torch
 import torch.nn as nn
-from conftest import DIGITS_CONFIG, free_port, run_tool
+from conftest import DIGITS_CONFIG, run_tool
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
@@ -280,59 +280,6 @@ class TestMaliciousCheckpointThroughTools(TestCase):
         ],
                         check=False)
         self._check_refused(proc)
-
-
-class TestInitDistPytorch(TestCase):
-
-    def test_cpu_uses_gloo_without_set_device(self):
-        original = mock.Mock()
-        init = compat._make_init_dist_pytorch(original)
-        with mock.patch.object(compat, '_accelerator_available',
-                               return_value=False), \
-                mock.patch('torch.cuda.set_device') as set_device, \
-                mock.patch.object(compat.torch_dist,
-                                  'init_process_group') as init_pg:
-            init('nccl', timeout=5)
-        init_pg.assert_called_once_with(backend='gloo', timeout=5)
-        set_device.assert_not_called()
-        original.assert_not_called()
-
-    def test_accelerator_keeps_mmengine_behaviour(self):
-        original = mock.Mock()
-        init = compat._make_init_dist_pytorch(original)
-        with mock.patch.object(compat, '_accelerator_available',
-                               return_value=True):
-            init('nccl', timeout=5)
-        original.assert_called_once_with(
-            'nccl', init_backend='torch', timeout=5)
-
-    def test_real_gloo_group_on_cpu(self):
-        # The installed function itself (``init_dist`` would also set the
-        # multiprocessing start method of the test process).
-        import mmengine.dist.utils as dist_utils
-        from torch import distributed as torch_dist
-        env = dict(
-            RANK='0',
-            LOCAL_RANK='0',
-            WORLD_SIZE='1',
-            MASTER_ADDR='127.0.0.1',
-            MASTER_PORT=str(free_port()))
-        with mock.patch.dict(os.environ, env), \
-                mock.patch.object(compat, '_accelerator_available',
-                                  return_value=False):
-            dist_utils._init_dist_pytorch('nccl')
-        try:
-            self.assertEqual(torch_dist.get_backend(), 'gloo')
-            t = torch.ones(2)
-            torch_dist.all_reduce(t)
-            torch.testing.assert_close(t, torch.ones(2))
-        finally:
-            torch_dist.destroy_process_group()
-
-    def test_patch_installed(self):
-        import mmengine.dist.utils as dist_utils
-        self.assertTrue(
-            getattr(dist_utils._init_dist_pytorch, '_galddc_wrapped', False))
 
 
 class TestWarningFilter(TestCase):

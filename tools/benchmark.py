@@ -82,6 +82,7 @@ from mmpretrain.structures import DataSample
 
 import galddc_mm  # noqa: F401  (registers the modules)
 from galddc_mm.datasets import long_tail_counts
+from galddc_mm.engine.runner import init_process_group, shutdown_process_group
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BASELINE_CFG = 'configs/baselines/ce_r50_imagenetlt.py'
@@ -1183,7 +1184,9 @@ def init_distributed(args):
     backend = 'nccl' if args.device == 'cuda' else 'gloo'
     if args.device == 'cuda':
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    torch_dist.init_process_group(backend=backend)
+    # galddc_mm's start: the group is ended at exit with its worker threads
+    # joined (galddc_mm/engine/runner/process_group.py).
+    init_process_group('pytorch', backend=backend)
 
 
 def main(argv=None):
@@ -1245,7 +1248,9 @@ def main(argv=None):
             print(f'written to {args.out}')
     if bench.distributed:
         torch_dist.barrier()
-        torch_dist.destroy_process_group()
+        # Free the benchmark's DDP models, then the group and its threads.
+        del bench
+        shutdown_process_group()
     return result
 
 

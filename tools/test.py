@@ -214,11 +214,6 @@ def main(argv=None):
     if args.out and args.out_item == 'metrics':
         mmengine.dump(metrics, args.out)
 
-    # Tear the process group down explicitly: NCCL warns about leaked
-    # resources when a process exits with it still alive.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
 
 if __name__ == '__main__':
     main()

@@ -225,11 +225,6 @@ def main(argv=None):
     runner.train()
     log_training_summary(runner)
 
-    # Tear the process group down explicitly: NCCL warns about leaked
-    # resources when a process exits with it still alive.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
 
 if __name__ == '__main__':
     main()

@@ -7,6 +7,12 @@
 default_scope = 'mmpretrain'
 custom_imports = dict(imports=['galddc_mm'], allow_failed_imports=False)
 
+# mmengine's Runner plus a process group that starts on CPU-only machines
+# (gloo) and is ended at exit, after a barrier, with its worker threads
+# joined (galddc_mm/engine/runner/galddc_runner.py). MMPretrain's own
+# tools/train.py and tools/test.py build it from the registry too.
+runner_type = 'GALDDCRunner'
+
 default_hooks = dict(
     # Time every iteration (feeds the ETA in the log).
     timer=dict(type='IterTimerHook'),
@@ -35,8 +41,8 @@ default_hooks = dict(
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    # NCCL on GPUs. On a machine without CUDA, galddc_mm (utils/compat.py)
-    # switches to gloo, so `tools/dist_train.sh` also runs on CPUs.
+    # NCCL on GPUs. On a machine without CUDA, GALDDCRunner switches to
+    # gloo, so `tools/dist_train.sh` also runs on CPUs.
     # `timeout` (seconds) bounds every collective: if a rank hangs, the
     # others fail after this long instead of waiting forever (a rank that
     # dies is noticed at once: torchrun stops the group). Keep it above the

@@ -28,13 +28,7 @@ Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
    that nothing from the file was executed; ``_load_checkpoint`` (used by
    ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')``)
    translates the same refusal coming from any other URI scheme.
-2. **``torchrun`` on CPU.** mmengine's ``_init_dist_pytorch`` calls
-   ``torch.cuda.set_device(local_rank)`` unconditionally, which raises on a
-   machine without CUDA, and configs ask for the ``nccl`` backend, which
-   needs GPUs. When neither CUDA nor another accelerator mmengine knows
-   (MLU, NPU, MUSA) is available, the process group is initialised with
-   ``gloo`` and ``set_device`` is skipped; on GPUs nothing changes.
-3. **Crash-safe checkpoint files** (:mod:`.checkpoint_safety`). mmengine
+2. **Crash-safe checkpoint files** (:mod:`.checkpoint_safety`). mmengine
    0.10.7 writes a checkpoint in place (``Runner.save_checkpoint`` ->
    ``mmengine.runner.checkpoint.save_checkpoint`` -> ``torch.save`` into a
    buffer -> ``LocalBackend.put``: ``open(path, 'wb')``, ``write``) and so
@@ -52,7 +46,7 @@ Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
    path``) check the file's zip CRCs first and raise
    :class:`DamagedCheckpointError` instead of torch's obscure miniz error
    (or, for a CRC mismatch, silently wrong tensors).
-4. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
+3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
    missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
    no model here uses) and setuptools' ``pkg_resources`` deprecation notice
    (mmengine needs ``pkg_resources`` for ``mmpretrain::`` configs, and
@@ -65,8 +59,6 @@ import re
 import warnings
 from typing import Any, Callable, List, Optional
 
-import mmengine.device as mmengine_device
-import mmengine.dist.utils as mmengine_dist_utils
 import mmengine.hooks.checkpoint_hook as mmengine_checkpoint_hook
 import mmengine.runner as mmengine_runner
 import mmengine.runner.checkpoint as mmengine_checkpoint
@@ -74,7 +66,6 @@ import mmengine.runner.runner as mmengine_runner_module
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
-from torch import distributed as torch_dist
 
 from .checkpoint_safety import (
     DamagedCheckpointError,
@@ -361,44 +352,6 @@ def _patch_checkpoint_saving() -> None:
     mmengine_runner_module.find_latest_checkpoint = find_resumable_checkpoint
 
 
-def _accelerator_available() -> bool:
-    """Whether mmengine's ``_init_dist_pytorch`` can bind a device."""
-    return (torch.cuda.is_available() or mmengine_device.is_mlu_available()
-            or mmengine_device.is_npu_available()
-            or mmengine_device.is_musa_available())
-
-
-def _make_init_dist_pytorch(original: Callable) -> Callable:
-    """Wrap ``_init_dist_pytorch`` so ``torchrun`` works without CUDA."""
-
-    @functools.wraps(original)
-    def _init_dist_pytorch(backend, init_backend='torch', **kwargs):
-        if _accelerator_available() or init_backend != 'torch':
-            return original(backend, init_backend=init_backend, **kwargs)
-        if backend != 'gloo':
-            # NCCL needs GPUs; gloo is torch's CPU backend.
-            print_log(
-                f'CUDA is not available: using the gloo backend instead of '
-                f'{backend!r}.',
-                logger='current')
-            backend = 'gloo'
-        # mmengine would call ``torch.cuda.set_device(local_rank)`` here,
-        # which fails without CUDA; a CPU process has no device to bind.
-        torch_dist.init_process_group(backend=backend, **kwargs)
-
-    _init_dist_pytorch._galddc_wrapped = True
-    return _init_dist_pytorch
-
-
-def _patch_init_dist() -> None:
-    """Install the CPU-aware ``_init_dist_pytorch`` (``init_dist`` looks it
-    up in its module at call time)."""
-    original = mmengine_dist_utils._init_dist_pytorch
-    if not getattr(original, '_galddc_wrapped', False):
-        mmengine_dist_utils._init_dist_pytorch = _make_init_dist_pytorch(
-            original)
-
-
 def _silence_known_warnings() -> None:
     """Filter two harmless warnings of the pinned stack, by exact text.
 
@@ -429,7 +382,6 @@ def apply_patches() -> None:
     _silence_known_warnings()
     _patch_checkpoint_loading()
     _patch_checkpoint_saving()
-    _patch_init_dist()
     _PATCHED = True
 
 

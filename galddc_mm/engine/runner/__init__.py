@@ -1,8 +1,16 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 from .cpu_compatible_ddp import CPUCompatibleDDP, cpu_compatible_ddp_kwargs
 from .galddc_ddp import GALDDCDistributedDataParallel
+from .galddc_runner import GALDDCRunner
+from .process_group import (
+    init_process_group,
+    release_model_wrappers,
+    shutdown_process_group,
+    track_model_owner,
+)
 
 __all__ = [
-    'CPUCompatibleDDP', 'GALDDCDistributedDataParallel',
-    'cpu_compatible_ddp_kwargs'
+    'CPUCompatibleDDP', 'GALDDCDistributedDataParallel', 'GALDDCRunner',
+    'cpu_compatible_ddp_kwargs', 'init_process_group',
+    'release_model_wrappers', 'shutdown_process_group', 'track_model_owner'
 ]

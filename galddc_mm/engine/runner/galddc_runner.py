@@ -1,0 +1,68 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+from typing import Dict
+
+import torch.nn as nn
+from mmengine.dist import barrier, is_distributed
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.runner import Runner
+from mmpretrain.registry import RUNNERS
+
+from .process_group import init_process_group, track_model_owner
+
+
+@RUNNERS.register_module()
+class GALDDCRunner(Runner):
+    """mmengine's ``Runner`` with a process group that starts and ends well.
+
+    Selected by ``runner_type = 'GALDDCRunner'`` in
+    ``configs/_base_/default_runtime.py``; MMPretrain's own
+    ``tools/train.py`` and ``tools/test.py`` build it from the registry
+    too, so they get the same behaviour. Differences from ``Runner``:
+
+    - ``torchrun`` on a machine without an accelerator starts a gloo group
+      instead of failing on ``torch.cuda.set_device`` (see
+      :func:`~galddc_mm.engine.runner.process_group.init_process_group`).
+    - ``train``, ``val`` and ``test`` end with a barrier, so no rank
+      leaves (and tears its group down) while another is still inside a
+      collective.
+    - At exit, the model's DDP wrappers are released and the group is
+      destroyed and freed while the interpreter is alive, which joins the
+      gloo worker threads; a worker left running into interpreter
+      finalization could abort a successful run (``terminate called
+      without an active exception``, SIGABRT). See
+      :mod:`galddc_mm.engine.runner.process_group`.
+
+    Args: as :class:`mmengine.runner.Runner`.
+    """
+
+    def setup_env(self, env_cfg: Dict) -> None:
+        if self.distributed and not is_distributed():
+            init_process_group(self.launcher,
+                               **dict(env_cfg.get('dist_cfg', {})))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model: nn.Module) -> nn.Module:
+        wrapped = super().wrap_model(model_wrapper_cfg, model)
+        if self.distributed:
+            track_model_owner(self)
+        return wrapped
+
+    def train(self) -> nn.Module:
+        model = super().train()
+        barrier()  # no-op without a process group
+        return model
+
+    def val(self) -> dict:
+        metrics = super().val()
+        barrier()  # no-op without a process group
+        return metrics
+
+    def test(self) -> dict:
+        metrics = super().test()
+        barrier()  # no-op without a process group
+        return metrics
+
+
+# Upstream tools build ``runner_type`` with mmengine's root ``RUNNERS``
+# before any default scope is set, so the name must be found there too.
+MMENGINE_RUNNERS.register_module(module=GALDDCRunner)
