@@ -164,12 +164,12 @@ class LateLastCollectiveHook(Hook):
     (``after_run``, so for ``train``, ``val`` and ``test``) every rank
     joins one more all-reduce; the other ranks join ``delay`` seconds late,
     so rank ``rank`` attaches a completion callback while the work is still
-    pending, and the callback then runs on the gloo worker thread and
-    keeps it busy for ``hold`` seconds, holding the GIL's favour: when it
-    returns it must take the GIL again. A process that reaches interpreter
-    finalization with that thread still busy is aborted by the runtime
-    (``terminate called without an active exception``, SIGABRT) after a
-    successful run; one that joins the group's threads first is not.
+    pending. The callback then runs on the gloo worker thread and sleeps
+    ``hold`` seconds with the GIL released; when it wakes it must take the
+    GIL again. A process that reaches interpreter finalization meanwhile
+    is aborted by the runtime (``terminate called without an active
+    exception``, SIGABRT) after a successful run; one that joins the
+    group's threads first is not.
 
     Args:
         rank (int): The late rank. Defaults to 1.
