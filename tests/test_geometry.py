@@ -96,7 +96,8 @@ class TestClassGeometry(TestCase):
         counts, protos, radii, r_prior = ref_init(latents, labels, 6, 20)
         for chunk_size in (8192, 7):
             geom = self.build()
-            with self.assertWarnsRegex(UserWarning, r'no latent: \[5\]'):
+            with self.assertWarnsRegex(UserWarning,
+                                       r'no training sample: \[5\]'):
                 geom.init_from_latents(
                     latents, labels, class_counts=np.array(COUNTS),
                     chunk_size=chunk_size)
@@ -231,7 +232,7 @@ class TestClassGeometry(TestCase):
     def test_no_tail_class_warns(self):
         geom = self.build(tau=1)
         latents, labels = make_data([3, 4, 2, 5, 2, 3], 4)
-        with self.assertWarnsRegex(UserWarning, r'no tail class.*tau=1'):
+        with self.assertWarnsRegex(UserWarning, r'tau=1 .*no tail class'):
             geom.init_from_latents(latents, labels)
         self.assertTrue(torch.equal(geom.r_cal, geom.r_obs))
 
@@ -239,7 +240,7 @@ class TestClassGeometry(TestCase):
         geom = self.build(tau=100)
         latents, labels = make_data(COUNTS, 4)
         with self.assertRaisesRegex(ValueError,
-                                    r'no head class.*tau=100.*\[0, 30\]'):
+                                    r'tau=100.*\[1, 30\]\): no head class'):
             geom.init_from_latents(latents, labels)
         self.assertFalse(geom.is_initialized)
 

@@ -4,7 +4,13 @@ from .digits_lt import DigitsLT
 from .imagenet_lt import ImageNetLT
 from .inat2018 import INat2018
 from .list_lt import LongTailListDataset, parse_list_file
-from .long_tail import BANDS, LongTailMixin, class_bands, long_tail_counts
+from .long_tail import (
+    BANDS,
+    LongTailMixin,
+    class_bands,
+    head_tail_masks,
+    long_tail_counts,
+)
 from .places_lt import PlacesLT
 from .synthetic_lt import SyntheticLT
 from .transforms import CheckedLoadImageFromFile, UnreadableImageError
@@ -13,6 +19,6 @@ __all__ = [
     'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'CheckedLoadImageFromFile',
     'DigitsLT', 'INat2018', 'ImageNetLT',
     'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'SyntheticLT',
-    'class_bands', 'ldam_long_tail_select', 'long_tail_counts',
-    'parse_list_file', 'UnreadableImageError'
+    'class_bands', 'head_tail_masks', 'ldam_long_tail_select',
+    'long_tail_counts', 'parse_list_file', 'UnreadableImageError'
 ]

@@ -10,6 +10,7 @@ tell head from tail classes.
 from typing import Sequence, Union
 
 import numpy as np
+import torch
 
 #: Band names in the order used everywhere (metric keys, CSV columns).
 BANDS = ('many', 'medium', 'few')
@@ -99,6 +100,32 @@ def class_bands(class_counts: Union[Sequence[int], np.ndarray],
     bands[counts < few_thr] = 'few'
     return bands.astype(str)
 
+
+
+def head_tail_masks(class_counts, tau):
+    """Split classes into head and tail by their training counts.
+
+    Head classes have ``n >= tau`` training images, tail classes
+    ``0 < n < tau``; a class without training images is neither (it has no
+    latent to describe it and no accuracy to report by band). The one
+    definition of head and tail in this package: the class geometry, the
+    metric and the generation report all use it.
+
+    Args:
+        class_counts (np.ndarray | torch.Tensor | Sequence[int]): Training
+            images per class, shape ``(K,)``. A tensor stays a tensor (on
+            its device), anything else becomes an ``np.ndarray``.
+        tau (int | float): The head/tail threshold.
+
+    Returns:
+        tuple: ``(head, tail)``, two bool masks of shape ``(K,)`` of the
+        same kind as ``class_counts``.
+    """
+    if not isinstance(class_counts, torch.Tensor):
+        class_counts = np.asarray(class_counts)
+    head = class_counts >= tau
+    tail = (class_counts > 0) & (class_counts < tau)
+    return head, tail
 
 class LongTailMixin:
     """Training class counts for every split of a long-tailed data set.

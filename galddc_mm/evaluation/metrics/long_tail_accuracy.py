@@ -11,7 +11,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 from mmpretrain.registry import METRICS
 
-from galddc_mm.datasets.long_tail import BANDS, class_bands
+from galddc_mm.datasets.long_tail import BANDS, class_bands, head_tail_masks
 
 CSV_FIELDS = ('class_idx', 'class_name', 'train_count', 'band', 'group',
               'num_eval', 'num_correct', 'accuracy')
@@ -28,7 +28,9 @@ class LongTailAccuracy(BaseMetric):
     * many-shot :math:`n_c > \text{many\_thr}`, few-shot
       :math:`n_c < \text{few\_thr}`, medium-shot otherwise;
     * with ``tau`` given, head :math:`n_c \ge \tau` and tail
-      :math:`n_c < \tau` (the split GALD-DC calibrates).
+      :math:`0 < n_c < \tau` (the split GALD-DC calibrates, from
+      :func:`~galddc_mm.datasets.head_tail_masks`; a class without training
+      images is neither).
 
     With :math:`a_c` the top-1 accuracy of class ``c`` over its evaluation
     samples, the accuracy of a group :math:`G` is, for
@@ -241,8 +243,8 @@ class LongTailAccuracy(BaseMetric):
         groups = {band: bands == band for band in BANDS}
         group_names = np.full(num_classes, '', dtype=object)
         if self.tau is not None:
-            groups['head'] = counts >= self.tau
-            groups['tail'] = counts < self.tau
+            groups['head'], groups['tail'] = head_tail_masks(
+                counts, self.tau)
             group_names[groups['head']] = 'head'
             group_names[groups['tail']] = 'tail'
         empty = []

@@ -1,12 +1,14 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 import warnings
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from mmengine.dist import all_reduce
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
+
+from galddc_mm.datasets.long_tail import head_tail_masks
 
 
 def _format_classes(classes: Sequence[int], limit: int = 20) -> str:
@@ -67,12 +69,13 @@ class ClassGeometry(BaseModule):
 
     Everything is stored in persistent buffers (``counts``, ``prototypes``,
     ``r_obs``, ``r_real``, ``real_prototypes``, ``r_prior``,
-    ``initialized``), so checkpoints
-    and ``--resume`` carry the geometry with no extra code. Every sum and
-    count behind a statistic is all-reduced with
-    :func:`mmengine.dist.all_reduce` (a no-op without distributed
-    training): ranks holding different shards end with identical buffers,
-    equal to what one process holding all the data computes.
+    ``initialized``), so checkpoints and ``--resume`` carry the geometry
+    with no extra code. Initialisation takes the whole of :math:`D_z`
+    (every rank holds the gathered latent cache), so every rank computes
+    the same buffers without communicating. The EMA's batch sums and counts
+    are all-reduced with :func:`mmengine.dist.all_reduce` (a no-op without
+    distributed training), so every rank applies the update of the global
+    batch.
 
     Args:
         num_classes (int): Number of classes :math:`K`.
@@ -154,12 +157,12 @@ class ClassGeometry(BaseModule):
     @property
     def head_mask(self) -> torch.Tensor:
         """Bool (K,): head classes, ``counts >= tau``."""
-        return self.counts >= self.tau
+        return head_tail_masks(self.counts, self.tau)[0]
 
     @property
     def tail_mask(self) -> torch.Tensor:
         """Bool (K,): tail classes, ``0 < counts < tau``."""
-        return self.valid_mask & (self.counts < self.tau)
+        return head_tail_masks(self.counts, self.tau)[1]
 
     @property
     def r_cal(self) -> torch.Tensor:
@@ -215,6 +218,51 @@ class ClassGeometry(BaseModule):
                                  f'{self.num_classes}), but got values in '
                                  f'[{lo}, {hi}].')
 
+    def check_class_counts(self, counts: Sequence[int]) -> List[str]:
+        """Check training class counts against ``tau`` before they are used.
+
+        Without any head class :math:`r_{prior}` (the mean radius of head
+        classes) is undefined: a ``ValueError`` asks for a smaller ``tau``.
+        A set without any tail class (calibration is then a no-op) and
+        classes without any training sample are allowed; they are returned
+        as warnings for the caller to log.
+
+        Args:
+            counts (Sequence[int]): Training samples per class, (K,).
+
+        Returns:
+            list[str]: Warnings, empty when all is well.
+        """
+        counts = np.asarray(
+            counts.cpu() if isinstance(counts, torch.Tensor) else counts)
+        valid = counts > 0
+        if not valid.any():
+            raise ValueError('The training set has no sample in any class.')
+        head, tail = head_tail_masks(counts, self.tau)
+        lo, hi = int(counts[valid].min()), int(counts.max())
+        if not head.any():
+            raise ValueError(
+                f'model.geometry.tau={self.tau} is above every class count '
+                f'of the training set (counts range over [{lo}, {hi}]): no '
+                'head class, so r_prior (the mean radius of head classes) '
+                f'is undefined. Use model.geometry.tau <= {hi}.')
+        warnings_ = []
+        if not tail.any():
+            warnings_.append(
+                f'model.geometry.tau={self.tau} is at or below every '
+                f'non-empty class count (smallest {lo}): no tail class, so '
+                'calibration is a no-op (r_cal = r_obs). Use tau > '
+                f'{lo} to calibrate the smallest classes.')
+        if not valid.all():
+            empty = np.flatnonzero(~valid).tolist()
+            warnings_.append(
+                f'{len(empty)} class(es) have no training sample: '
+                f'{_format_classes(empty)}. The geometry marks them invalid '
+                '(no prototype, excluded from r_prior, margins and '
+                'pseudo-latent labels); they can still be predicted only by '
+                'chance.')
+        return warnings_
+
     # ------------------------------------------------------------------
     # Statistics
     # ------------------------------------------------------------------
@@ -228,38 +276,39 @@ class ClassGeometry(BaseModule):
             chunk_size: int = 8192) -> None:
         """Initialise the geometry from the real latents :math:`D_z`.
 
-        Under distributed training each rank passes its own shard (shards
-        may differ in size, even be empty); per-class sums and counts are
-        all-reduced, so all ranks end with the same buffers as one process
-        given all latents. Sums are accumulated in float64 over chunks of
-        ``chunk_size`` latents, which bounds the extra memory and makes the
-        result independent of how the data is split up to float32
-        rounding of the stored buffers.
+        ``latents`` must be the whole of :math:`D_z` (the gathered latent
+        cache, which every rank holds): nothing is reduced across ranks, so
+        each rank computes the same buffers. Sums are accumulated in
+        float64 over chunks of ``chunk_size`` latents, which bounds the
+        extra memory.
 
         Classes with no latent get ``valid_mask`` False, a zero prototype
         and zero radii, are left out of :math:`r_{prior}` and are named in
         a warning. Without any head class :math:`r_{prior}` is undefined:
         a ``ValueError`` asks for a smaller ``tau``. Without any tail class
         calibration is a no-op (:math:`r^{cal} = r^{obs}`); this is allowed
-        (e.g. a balanced data set) but warned about.
+        (e.g. a balanced data set) but warned about (see
+        :meth:`check_class_counts`).
 
         Args:
-            latents (torch.Tensor): Real latents of this rank, (N, D).
+            latents (torch.Tensor): All real latents, (N, D).
             labels (torch.Tensor): Their class indices, (N,).
             class_counts (array-like, optional): Per-class numbers of
                 training samples from the data set
                 (``dataset.get_class_counts()``), shape (K,). When given,
-                they must equal the (global) numbers of latents per class,
-                which catches a cache built from another split or an
-                incomplete gather. Defaults to None.
+                they must equal the numbers of latents per class, which
+                catches a cache built from another split or an incomplete
+                gather. Defaults to None.
             chunk_size (int): Latents processed at once. Defaults to 8192.
         """
         self._check_inputs(latents, labels, 'init_from_latents')
         device = self.prototypes.device
         num_classes, dim = self.num_classes, self.latent_dim
+        if latents.shape[0] == 0:
+            raise ValueError('init_from_latents: got no latent at all; '
+                             'extract the latent cache first.')
 
-        # Pass 1: per-class sums and counts -> global prototypes. Counts
-        # ride in the last column, so one collective reduces both.
+        # Pass 1: per-class sums and counts -> prototypes.
         acc = torch.zeros(num_classes, dim + 1, dtype=torch.float64,
                           device=device)
         for start in range(0, latents.shape[0], chunk_size):
@@ -267,7 +316,6 @@ class ClassGeometry(BaseModule):
             y = labels[start:start + chunk_size].to(device, torch.long)
             acc.index_add_(0, y, torch.cat([z, torch.ones_like(z[:, :1])],
                                            dim=1))
-        all_reduce(acc)
         counts = acc[:, -1].round().long()
         protos = acc[:, :-1] / acc[:, -1:].clamp_min(1)
 
@@ -294,41 +342,17 @@ class ClassGeometry(BaseModule):
                     'latents from the training split, gather every rank '
                     'and drop duplicated indices of the distributed '
                     'sampler.')
+        for message in self.check_class_counts(counts):
+            warnings.warn(f'ClassGeometry: {message}')
+        head = head_tail_masks(counts, self.tau)[0]
 
-        valid = counts > 0
-        head = counts >= self.tau
-        if not bool(valid.any()):
-            raise ValueError('init_from_latents: got no latent at all (on '
-                             'any rank); extract the latent cache first.')
-        if not bool(head.any()):
-            lo, hi = int(counts.min()), int(counts.max())
-            raise ValueError(
-                f'init_from_latents: no head class: tau={self.tau} is '
-                f'above every class count (counts range over [{lo}, {hi}]),'
-                ' so r_prior (the mean radius of head classes) is '
-                f'undefined. Use tau <= {hi}.')
-        if not bool(valid.all()):
-            empty = (~valid).nonzero().flatten().tolist()
-            warnings.warn(
-                f'ClassGeometry: {len(empty)} class(es) have no latent: '
-                f'{_format_classes(empty)}. They are marked invalid (zero '
-                'prototype and radius, excluded from r_prior and from '
-                'margin negatives).')
-        if not bool((valid & ~head).any()):
-            lo = int(counts[valid].min())
-            warnings.warn(
-                f'ClassGeometry: no tail class (tau={self.tau}, smallest '
-                f'non-empty class count {lo}): every class is head and '
-                'calibration is a no-op (r_cal = r_obs).')
-
-        # Pass 2: mean distance to the global prototype per class.
+        # Pass 2: mean distance to the prototype per class.
         dist_sum = torch.zeros(num_classes, dtype=torch.float64,
                                device=device)
         for start in range(0, latents.shape[0], chunk_size):
             z = latents[start:start + chunk_size].to(device, torch.float64)
             y = labels[start:start + chunk_size].to(device, torch.long)
             dist_sum.index_add_(0, y, (z - protos[y]).norm(dim=1))
-        all_reduce(dist_sum)
         radii = dist_sum / counts.clamp_min(1)
 
         self.counts.copy_(counts)
