@@ -280,9 +280,9 @@ TINY_GALDDC_MODEL = dict(
         schedule=dict(type='NoiseSchedule', num_timesteps=50),
         denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
                       time_embed_dim=16),
-        sampler=dict(type='DDIMSampler', num_steps=5)),
-    geometry=dict(type='ClassGeometry', tau=3),
-    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
-    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
-    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
-                     loss_weight=0.1))
+        sampler=dict(type='DDIMSampler', num_steps=5),
+        proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
+        radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
+        margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
+                         loss_weight=0.1)),
+    geometry=dict(type='ClassGeometry', tau=3))

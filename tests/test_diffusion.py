@@ -647,15 +647,17 @@ class TestLatentDiffusionHead(TestCase):
         b = head.sample(labels, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(a, b)
         self.assertFalse(torch.allclose(a, out))
-        with self.assertRaisesRegex(ValueError, 'clamp'):
-            head.sample(labels, clamp=-1.0)
+        with self.assertRaisesRegex(ValueError, 'feature_clamp_max'):
+            self._head(feature_clamp_max=-1.0)
 
     def test_sample_clamp_in_encoder_space(self):
         head = self._head()
         labels = torch.tensor([0, 1, 2, 0])
         z_T = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
         c = 3.0
-        out = head.sample(labels, clamp=c, z_T=z_T)
+        clamped = self._head(feature_clamp_max=c)
+        clamped.load_state_dict(head.state_dict())
+        out = clamped.sample(labels, z_T=z_T)
         # In encoder space (a clamp in standardised units would allow
         # values up to 20 + 3c in dimension 3).
         self.assertLessEqual(out.abs().max().item(), c)

@@ -26,12 +26,12 @@ DEFAULT_ARGS = dict(
         schedule=dict(type='NoiseSchedule', num_timesteps=50),
         denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
                       time_embed_dim=16),
-        sampler=dict(type='DDIMSampler', num_steps=5)),
+        sampler=dict(type='DDIMSampler', num_steps=5),
+        proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
+        radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
+        margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
+                         loss_weight=0.1)),
     geometry=dict(type='ClassGeometry', tau=3, lam=0.5),
-    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
-    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
-    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
-                     loss_weight=0.1),
     pseudo_loss=dict(type='PseudoLatentCELoss', loss_weight=1.0),
     consistency_loss=dict(type='FeatureConsistencyLoss', loss_weight=1.0),
     data_preprocessor=dict(type='ClsDataPreprocessor', num_classes=4))
@@ -62,9 +62,14 @@ def _init_geometry(model, counts=(6, 5, 2, 1)):
     inputs = torch.randn(labels.numel(), 3, 8, 8, generator=g)
     model.freeze_encoder_copy()
     latents = model.encode_frozen(inputs)
-    model.diffusion_head.normalizer.fit(latents)
-    model.geometry.init_from_latents(latents, labels)
+    model.fit_latent_statistics(latents, labels)
     return latents, labels
+
+
+def _diffusion_head(**overrides):
+    head = copy.deepcopy(DEFAULT_ARGS['diffusion_head'])
+    head.update(overrides)
+    return head
 
 
 def _grads(module):
@@ -97,7 +102,17 @@ class TestGALDDCClassifier(TestCase):
         with self.assertRaisesRegex(ValueError, 'pseudo_label_dist'):
             _build(pseudo_label_dist='random')
         with self.assertRaisesRegex(ValueError, 'loss_weight must be >= 0'):
-            _build(proto_loss=dict(type='PrototypeLoss', loss_weight=-1))
+            _build(diffusion_head=_diffusion_head(
+                proto_loss=dict(type='PrototypeLoss', loss_weight=-1)))
+        with self.assertRaisesRegex(ValueError, 'loss_weight must be >= 0'):
+            _build(pseudo_loss=dict(type='PseudoLatentCELoss',
+                                    loss_weight=-1))
+        # A key that moved to the diffusion head says where it went.
+        with self.assertRaisesRegex(
+                TypeError, r'set model\.diffusion_head\.feature_clamp_max'):
+            _build(feature_clamp_max=5.0)
+        with self.assertRaisesRegex(ValueError, 'exceeds the T=50'):
+            _build(pseudo_sampling=dict(num_steps=60))
         with self.assertRaisesRegex(ValueError, 'Unknown stage'):
             _build().set_stage('pretrain')
         with self.assertRaisesRegex(ValueError, 'Unknown stage'):
@@ -142,23 +157,37 @@ class TestGALDDCClassifier(TestCase):
         latents = torch.randn(8, 64)
         self.assertIn('loss_ldm', model.loss_latents(latents, labels))
 
-    def test_diffusion_stage_updates_geometry_ema(self):
-        model = _build()
+    def test_diffusion_step_exposes_its_geometry_batch(self):
+        model = _build(diffusion_head=_diffusion_head(
+            feature_clamp_max=0.5, geometry_t_fraction=0.5))
         _init_geometry(model)
         model.set_stage('diffusion')
         before = model.geometry.prototypes.clone()
-        labels = torch.tensor([0, 0, 1])
-        model.loss_latents(torch.randn(3, 64), labels)
-        after = model.geometry.prototypes
-        self.assertFalse(torch.equal(before[:2], after[:2]))
-        torch.testing.assert_close(before[2:], after[2:])  # absent classes
+        labels = torch.tensor([0, 0, 1, 1, 3, 2])
+        torch.manual_seed(4)
+        model.loss_latents(torch.randn(6, 64), labels)
+        # The step computes losses only; the statistics do not move ...
+        torch.testing.assert_close(model.geometry.prototypes, before)
+        # ... and it hands over what its geometry losses saw: the least
+        # noisy half of the batch, clamped, detached.
+        torch.manual_seed(4)
+        out = model.diffusion_head(torch.randn(6, 64), labels)
+        keep = torch.argsort(out.t)[:3]
+        batch = model.take_geometry_batch()
+        self.assertEqual(batch.latents.shape, (3, 64))
+        self.assertFalse(batch.latents.requires_grad)
+        self.assertLessEqual(float(batch.latents.abs().max()), 0.5)
+        self.assertEqual(sorted(batch.labels.tolist()),
+                         sorted(labels[keep].tolist()))
+        self.assertIsNone(model.take_geometry_batch())  # handed over once
 
     def test_ldmlr_ablation_is_plain_ldm(self):
         zero = dict(loss_weight=0.0)
         model = _build(
-            proto_loss=dict(type='PrototypeLoss', **zero),
-            radius_loss=dict(type='CalibratedRadiusLoss', **zero),
-            margin_loss=dict(type='PrototypeMarginLoss', **zero),
+            diffusion_head=_diffusion_head(
+                proto_loss=dict(type='PrototypeLoss', **zero),
+                radius_loss=dict(type='CalibratedRadiusLoss', **zero),
+                margin_loss=dict(type='PrototypeMarginLoss', **zero)),
             geometry=dict(type='ClassGeometry', tau=3, lam=1.0))
         _init_geometry(model)
         model.set_stage('diffusion')
@@ -240,6 +269,50 @@ class TestGALDDCClassifier(TestCase):
             model.train_step(
                 dict(inputs=list(inputs), data_samples=samples), wrappers)
 
+    def test_accumulation_when_two_parts_step_together(self):
+        """Stage 1 steps E and G after one backward: two half batches with
+        accumulative_counts=2 move each part as one full batch does."""
+
+        def wrappers(model, counts):
+            def sgd(modules):
+                params = [p for m in modules for p in m.parameters()]
+                return OptimWrapper(
+                    torch.optim.SGD(params, lr=0.5),
+                    accumulative_counts=counts)
+
+            parts = model.part_modules()
+            optim = OptimWrapperDict(
+                encoder=sgd(parts['encoder'].values()),
+                head=sgd(parts['head'].values()))
+            optim.initialize_count_status(model, 0, 2)
+            return optim
+
+        inputs, _, samples = _batch(8)
+        full, half = _build(), _build()
+        for model in (full, half):
+            model.set_stage('representation')
+            model.eval()  # BN on running statistics: per-sample losses
+        full.train_step(
+            dict(inputs=list(inputs), data_samples=samples),
+            wrappers(full, 1))
+        accumulating = wrappers(half, 2)
+        before = copy.deepcopy(half.state_dict())
+        half.train_step(
+            dict(inputs=list(inputs[:4]), data_samples=samples[:4]),
+            accumulating)
+        for key, value in half.state_dict().items():
+            torch.testing.assert_close(value, before[key], msg=key)
+        half.train_step(
+            dict(inputs=list(inputs[4:]), data_samples=samples[4:]),
+            accumulating)
+        moved = 0
+        for key, value in full.state_dict().items():
+            if key.startswith(('backbone.', 'head.')):
+                torch.testing.assert_close(half.state_dict()[key], value,
+                                           msg=key)
+                moved += not torch.equal(value, before[key])
+        self.assertGreater(moved, 10)  # both parts stepped
+
     def test_pseudo_label_distributions(self):
         model = _build()
         _init_geometry(model, counts=(6, 5, 2, 1))  # tau=3: tail = {2, 3}
@@ -282,17 +355,18 @@ class TestCalibrationOnGaussianMixture(TestCase):
                 schedule=dict(type='NoiseSchedule', num_timesteps=1000),
                 denoiser=dict(type='ResMLPDenoiser', hidden_dim=64,
                               num_blocks=2, time_embed_dim=32),
-                sampler=dict(type='DDIMSampler', num_steps=25)),
+                sampler=dict(type='DDIMSampler', num_steps=25),
+                proto_loss=dict(type='PrototypeLoss', loss_weight=0.0),
+                radius_loss=dict(type='CalibratedRadiusLoss',
+                                 loss_weight=0.5),
+                margin_loss=dict(type='PrototypeMarginLoss',
+                                 loss_weight=0.0),
+                # Geometry losses on the less noisy half of the schedule.
+                geometry_t_fraction=0.5),
             geometry=dict(type='ClassGeometry', tau=50, lam=lam,
-                          proto_momentum=0.0, radius_momentum=0.0),
-            proto_loss=dict(type='PrototypeLoss', loss_weight=0.0),
-            radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.5),
-            margin_loss=dict(type='PrototypeMarginLoss', loss_weight=0.0),
-            # Geometry losses on the less noisy half of the schedule only.
-            geometry_t_fraction=0.5)
+                          proto_momentum=0.0, radius_momentum=0.0))
         # The real latents stand in for E^(0)(x): fit normaliser + geometry.
-        model.diffusion_head.normalizer.fit(latents)
-        model.geometry.init_from_latents(latents, labels)
+        model.fit_latent_statistics(latents, labels)
         model.set_stage('diffusion')
         model.train()
         opt = torch.optim.Adam(model.diffusion_head.parameters(), lr=3e-3)

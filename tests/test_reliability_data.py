@@ -17,11 +17,12 @@ import torch
 from data_utils import TINY_DIM as DIM
 from data_utils import TINY_GALDDC_MODEL as MODEL
 from mmengine.logging import MMLogger
-from mmpretrain.registry import MODELS, TRANSFORMS
+from mmpretrain.registry import HOOKS, MODELS, TRANSFORMS
 
 import galddc_mm  # noqa: F401
 from galddc_mm.datasets import LongTailListDataset, UnreadableImageError
-from galddc_mm.engine.loops import GALDDCTrainLoop
+from galddc_mm.engine.loops.latent_cache import LatentCache
+from galddc_mm.engine.loops.stage import Stage
 
 
 def _write_images(root):
@@ -143,9 +144,8 @@ class TestClassWithoutSamples(TestCase):
         g = torch.Generator().manual_seed(1)
         labels = torch.tensor([0] * 6 + [1] * 4 + [3] * 2)  # class 2: none
         latents = torch.randn(labels.numel(), DIM, generator=g)
-        model.diffusion_head.normalizer.fit(latents)
-        with self.assertWarnsRegex(UserWarning, r'no latent: \[2\]'):
-            model.geometry.init_from_latents(
+        with self.assertWarnsRegex(UserWarning, r'no training sample: \[2\]'):
+            model.fit_latent_statistics(
                 latents, labels, class_counts=[6, 4, 0, 2])
         self.assertEqual(model.geometry.valid_mask.tolist(),
                          [True, True, False, True])
@@ -156,9 +156,11 @@ class TestClassWithoutSamples(TestCase):
 
         model.set_stage('diffusion')
         model.train()
-        losses = model.diffusion_loss(latents, labels)
+        losses = model.loss_latents(latents, labels)
         for key, value in losses.items():
             self.assertTrue(torch.isfinite(value), key)
+        batch = model.take_geometry_batch()
+        model.geometry.ema_update(batch.latents, batch.labels)
         self.assertTrue(torch.isfinite(model.geometry.prototypes).all())
         self.assertEqual(model.geometry.prototypes[2].abs().sum(), 0)
 
@@ -178,18 +180,25 @@ class TestIncompleteLatentCache(TestCase):
     def test_cache_smaller_than_dataset(self):
         torch.manual_seed(0)
         model = MODELS.build(MODEL)
+        model.set_stage('diffusion')
         dataset = SimpleNamespace(
             get_class_counts=lambda: np.array([6, 4, 2, 2]))
-        loop = SimpleNamespace(
-            image_dataloader=SimpleNamespace(dataset=dataset),
-            runner=SimpleNamespace(logger=MMLogger.get_current_instance()))
         labels = torch.tensor([0] * 6 + [1] * 4 + [2] * 2 + [3])  # one lost
-        cache = dict(latents=torch.randn(labels.numel(), DIM), labels=labels)
+        loop = SimpleNamespace(
+            current_stage=Stage('diffusion', epochs=1, begin=0),
+            image_dataloader=SimpleNamespace(dataset=dataset),
+            latent_cache=LatentCache(
+                torch.randn(labels.numel(), DIM), labels,
+                torch.arange(labels.numel())))
+        runner = SimpleNamespace(
+            model=model, train_loop=loop,
+            logger=MMLogger.get_current_instance())
+        hook = HOOKS.build(dict(type='ClassGeometryHook'))
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             with self.assertRaisesRegex(
                     ValueError, r'The latent cache holds 13 latents but the '
                     r'training set has 14 samples.*'
                     r"CheckedLoadImageFromFile\(on_error='skip'\)"):
-                GALDDCTrainLoop._init_geometry(loop, model, cache)
-        self.assertFalse(model.geometry.is_initialized)
+                hook.before_train_epoch(runner)
+        self.assertFalse(model.geometry_ready)

@@ -18,7 +18,7 @@ from mmpretrain.registry import HOOKS, MODELS
 
 import galddc_mm  # noqa: F401
 from galddc_mm.engine.hooks import NonFiniteLossError
-from galddc_mm.engine.loops.galddc_train_loop import Stage
+from galddc_mm.engine.loops.stage import Stage
 from galddc_mm.models.classifiers.galddc import GALDDCClassifier
 
 
@@ -52,7 +52,7 @@ class TestNumericalGuardHook(TestCase):
     def test_finite_losses_pass(self):
         outputs = dict(loss=torch.tensor(1.5), loss_ldm=torch.tensor(1.0),
                        loss_proto=torch.tensor(0.5))
-        self._check(Stage(dict(name='diffusion', epochs=2), 2), outputs)
+        self._check(Stage('diffusion', epochs=2, begin=2), outputs)
 
     def test_nan_in_stage2_names_loss_stage_and_checkpoint(self):
         outputs = dict(loss=torch.tensor(math.nan),
@@ -65,8 +65,8 @@ class TestNumericalGuardHook(TestCase):
                 r'Training stops before this epoch is checkpointed\. The '
                 r'last checkpoint written, /w/epoch_3\.pth, predates the '
                 r'fault.*This stage trains diffusion.*'
-                r'model\.feature_clamp_max'):
-            self._check(Stage(dict(name='diffusion', epochs=2), 2), outputs)
+                r'model\.diffusion_head\.feature_clamp_max'):
+            self._check(Stage('diffusion', epochs=2, begin=2), outputs)
 
     def test_inf_in_stage1_and_stage3(self):
         with self.assertRaisesRegex(
@@ -74,19 +74,19 @@ class TestNumericalGuardHook(TestCase):
                 r"stage 'representation', .*: loss=inf\. .*No checkpoint "
                 r'had been written yet\. This stage trains encoder, head'):
             self._check(
-                Stage(dict(name='representation', epochs=2), 0),
+                Stage('representation', epochs=2, begin=0),
                 dict(loss=torch.tensor(math.inf)),
                 last_ckpt=None)
         with self.assertRaisesRegex(
                 NonFiniteLossError,
                 r"stage 'finetune' \(mode 'hybrid'\), .*loss_pseudo=-inf"):
             self._check(
-                Stage(dict(name='finetune', epochs=2, mode='hybrid'), 4),
+                Stage('finetune', epochs=2, begin=4, mode='hybrid'),
                 dict(loss=torch.tensor(1.0), loss_cls=torch.tensor(1.0),
                      loss_pseudo=torch.tensor(-math.inf)))
 
     def test_only_loss_keys_and_without_runtime_info_hook(self):
-        stage = Stage(dict(name='representation', epochs=2), 0)
+        stage = Stage('representation', epochs=2, begin=0)
         # A logged non-loss value may be NaN (e.g. an accuracy of an empty
         # batch): not a training fault.
         self._check(stage, dict(loss=torch.tensor(1.0),
@@ -101,19 +101,25 @@ class TestHugeLatents(TestCase):
 
     def _losses_and_grads(self, clamp, scale):
         torch.manual_seed(0)
-        model = MODELS.build(dict(MODEL, feature_clamp_max=clamp))
+        model = MODELS.build(
+            dict(
+                MODEL,
+                diffusion_head=dict(
+                    MODEL['diffusion_head'], feature_clamp_max=clamp)))
         g = torch.Generator().manual_seed(1)
         # Normaliser and geometry fitted on ordinary latents ...
         labels = torch.tensor([0] * 10 + [1] * 8 + [2] * 4 + [3] * 2)
         latents = torch.randn(24, DIM, generator=g)
-        model.diffusion_head.normalizer.fit(latents)
-        model.geometry.init_from_latents(latents, labels)
+        model.fit_latent_statistics(latents, labels)
         model.set_stage('diffusion')
         model.train()
         # ... then a batch of outlier latents.
         huge = torch.randn(8, DIM, generator=g) * scale
-        losses = model.diffusion_loss(huge, torch.arange(8) % NUM_CLASSES)
+        losses = model.loss_latents(huge, torch.arange(8) % NUM_CLASSES)
         sum(losses.values()).backward()
+        # The EMA, as ClassGeometryHook applies it after the step.
+        batch = model.take_geometry_batch()
+        model.geometry.ema_update(batch.latents, batch.labels)
         grads = [
             p.grad for p in model.diffusion_head.parameters()
             if p.grad is not None

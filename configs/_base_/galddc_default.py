@@ -25,22 +25,29 @@ model = dict(
         # Stage-3 pseudo-latents: deterministic 25-step DDIM.
         sampler=dict(type='DDIMSampler', num_steps=25, eta=0.0,
                      guidance_scale=1.0),
-        cond_drop_prob=0.0),
+        cond_drop_prob=0.0,
+        # Stage 2: L_LDM + eta_p L_proto + eta_r L_rad + eta_m L_margin.
+        ldm_loss=dict(type='LDMLoss', loss_weight=1.0),
+        proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),      # eta_p
+        radius_loss=dict(type='CalibratedRadiusLoss',
+                         loss_weight=0.01),                          # eta_r
+        margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
+                         loss_weight=0.01),                          # eta_m
+        # The seed's clamp of the denoised estimate z~0 (losses and
+        # sampling); None: no clamp.
+        feature_clamp_max=None,
+        # The geometry losses and the EMA see this fraction of each batch,
+        # the least noisy (1.0: all, as the seed).
+        geometry_t_fraction=1.0),
     geometry=dict(
         type='ClassGeometry',
         tau=20,                # head: >= tau training images
         lam=0.5,               # tail: r_cal = lam r_obs + (1 - lam) r_prior
         proto_momentum=0.01,
         radius_momentum=0.01),
-    ldm_loss=dict(type='LDMLoss', loss_weight=1.0),
-    proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),          # eta_p
-    radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.01),  # eta_r
-    margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
-                     loss_weight=0.01),                               # eta_m
     pseudo_loss=dict(type='PseudoLatentCELoss', loss_weight=1.0),     # gamma
     consistency_loss=dict(type='FeatureConsistencyLoss',
                           loss_weight=1.0),                           # beta
-    feature_clamp_max=None,
     pseudo_batch_size=None,       # None: as many pseudo as real latents
     pseudo_label_dist='inverse',  # 'inverse' | 'tail' | 'uniform'
 )
@@ -94,6 +101,17 @@ param_scheduler = dict(
 
 # Separate DDP per part: survives parts being frozen between stages.
 model_wrapper_cfg = dict(_delete_=True, type='GALDDCDistributedDataParallel')
+
+# In default_hooks (merged by key) rather than custom_hooks (a list that
+# child configs replace): the method needs them whatever else is added.
+default_hooks = dict(
+    # Before any epoch: config against model and data (classes, tau,
+    # latent dimension, optimiser parts).
+    galddc_check=dict(type='GALDDCCheckHook'),
+    # The class statistics: fitted on the latent cache when stage 2
+    # starts, EMA after every stage-2 iteration, logged every stage-2 epoch.
+    class_geometry=dict(type='ClassGeometryHook'),
+)
 
 custom_hooks = [
     # End of stage 2: what the diffusion head generates, per class and band.

@@ -10,10 +10,10 @@ model = dict(
     backbone=dict(type='CifarResNet', depth=20, in_channels=3),
     head=dict(num_classes=10, in_channels=64, topk=(1, 5)),
     diffusion_head=dict(
-        denoiser=dict(hidden_dim=512, num_blocks=3, time_embed_dim=64)),
-    geometry=dict(tau=20, lam=0.5),
-    # Geometry losses and EMA on the less noisy half of each batch.
-    geometry_t_fraction=0.5)
+        denoiser=dict(hidden_dim=512, num_blocks=3, time_embed_dim=64),
+        # Geometry losses and EMA on the less noisy half of each batch.
+        geometry_t_fraction=0.5),
+    geometry=dict(tau=20, lam=0.5))
 
 train_cfg = dict(
     stages=[

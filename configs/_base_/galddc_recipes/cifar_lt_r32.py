@@ -14,9 +14,10 @@ model = dict(
                   label_smooth_val=0.1),
         in_channels=64),
     diffusion_head=dict(
-        denoiser=dict(hidden_dim=512, num_blocks=4, time_embed_dim=128)),
-    geometry=dict(tau=20, lam=0.5),
-    geometry_t_fraction=0.5)
+        denoiser=dict(hidden_dim=512, num_blocks=4, time_embed_dim=128),
+        # Geometry losses and EMA on the less noisy half of each batch.
+        geometry_t_fraction=0.5),
+    geometry=dict(tau=20, lam=0.5))
 
 train_cfg = dict(
     stages=[

@@ -4,9 +4,10 @@
 _base_ = ['../r20_digitslt.py']
 model = dict(
     geometry=dict(lam=1.0),
-    proto_loss=dict(loss_weight=0.0),
-    radius_loss=dict(loss_weight=0.0),
-    margin_loss=dict(loss_weight=0.0))
+    diffusion_head=dict(
+        proto_loss=dict(loss_weight=0.0),
+        radius_loss=dict(loss_weight=0.0),
+        margin_loss=dict(loss_weight=0.0)))
 train_cfg = dict(
     stages=[
         dict(name='representation', epochs=60),

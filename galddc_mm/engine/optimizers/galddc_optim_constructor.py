@@ -2,14 +2,18 @@
 from typing import Dict, Optional
 
 import torch.nn as nn
-from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapperDict
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmpretrain.utils import get_ori_model
 
-# The modules (children of GALDDCClassifier) behind each part name.
-PART_MODULES = dict(
-    encoder=('backbone', 'neck'), head=('head', ),
-    diffusion=('diffusion_head', ))
+from galddc_mm.models.classifiers.stages import (
+    FINETUNE,
+    FINETUNE_MODES,
+    PARTS,
+    STAGES,
+    trainable_parts,
+)
+
 # Top-level keys that are defaults for every part's wrapper (``--amp`` of
 # tools/train.py sets ``type='AmpOptimWrapper'`` and ``loss_scale`` there).
 SHARED_KEYS = ('type', 'loss_scale', 'dtype', 'accumulative_counts',
@@ -37,7 +41,9 @@ class GALDDCOptimWrapperConstructor:
 
     Keys at the top level (``type``, ``loss_scale``, ``dtype``,
     ``clip_grad``, ``accumulative_counts``) are defaults for every part, so
-    ``--amp`` (``type='AmpOptimWrapper'``) switches all parts to AMP.
+    ``--amp`` (``type='AmpOptimWrapper'``) switches all parts to AMP. Parts
+    that one stage steps together (E and G in stages 1 and hybrid 3) share
+    one backward pass, so they must share ``accumulative_counts``.
 
     Args:
         optim_wrapper_cfg (dict): The config described above.
@@ -55,18 +61,22 @@ class GALDDCOptimWrapperConstructor:
                 'the top-level one.')
         cfg = dict(optim_wrapper_cfg)
         shared = {k: cfg.pop(k) for k in SHARED_KEYS if k in cfg}
-        unknown = [k for k in cfg if k not in PART_MODULES]
+        unknown = [k for k in cfg if k not in PARTS]
         if unknown:
             raise KeyError(
                 f'Unknown optim_wrapper part(s) {unknown}; the parts are '
-                f'{list(PART_MODULES)} (top-level shared keys: '
+                f'{list(PARTS)} (top-level shared keys: '
                 f'{list(SHARED_KEYS)}).')
         if not cfg:
             raise ValueError(
                 'optim_wrapper defines no part; give at least one of '
-                f'{list(PART_MODULES)}, each with an `optimizer`.')
+                f'{list(PARTS)}, each with an `optimizer`.')
         self.part_cfgs: Dict[str, dict] = {}
         for part, part_cfg in cfg.items():
+            if part_cfg is None:
+                # Dropped (``--cfg-options optim_wrapper.<part>=None``):
+                # GALDDCCheckHook names the stage that needs it.
+                continue
             part_cfg = dict(part_cfg)
             if 'optimizer' not in part_cfg:
                 raise KeyError(
@@ -76,22 +86,40 @@ class GALDDCOptimWrapperConstructor:
             for key, value in shared.items():
                 part_cfg.setdefault(key, value)
             self.part_cfgs[part] = part_cfg
+        self._check_accumulation()
+
+    def _check_accumulation(self) -> None:
+        for stage in STAGES:
+            for mode in (FINETUNE_MODES if stage == FINETUNE else (None, )):
+                parts = [
+                    p for p in trainable_parts(stage, mode)
+                    if p in self.part_cfgs
+                ]
+                counts = {
+                    p: self.part_cfgs[p].get('accumulative_counts', 1)
+                    for p in parts
+                }
+                if len(set(counts.values())) > 1:
+                    raise ValueError(
+                        f'Stage {stage!r}{f" ({mode})" if mode else ""} '
+                        f'steps {parts} together after one backward pass, '
+                        'so they must accumulate gradients over the same '
+                        f'number of iterations; got accumulative_counts '
+                        f'{counts}. Set optim_wrapper.accumulative_counts '
+                        'once at the top level.')
 
     def __call__(self, model: nn.Module) -> OptimWrapperDict:
-        if is_model_wrapper(model):
-            model = model.module
+        model = get_ori_model(model)
+        if not hasattr(model, 'part_modules'):
+            raise TypeError(
+                'GALDDCOptimWrapperConstructor needs a model that names its '
+                'parts (part_modules(), e.g. GALDDCClassifier); got '
+                f'{type(model).__name__}.')
+        part_modules = model.part_modules()
         wrappers = {}
         for part, part_cfg in self.part_cfgs.items():
-            modules = {}
-            for name in PART_MODULES[part]:
-                module = getattr(model, name, None)
-                if module is None:
-                    raise AttributeError(
-                        f'optim_wrapper part {part!r} needs model.{name}, '
-                        f'which {type(model).__name__} does not have.')
-                modules[name] = (module.module
-                                 if is_model_wrapper(module) else module)
-            container = nn.ModuleDict(modules)
+            # Named as in the model, so paramwise_cfg keys keep matching.
+            container = nn.ModuleDict(part_modules[part])
             part_cfg = dict(part_cfg)
             paramwise_cfg = part_cfg.pop('paramwise_cfg', None)
             wrappers[part] = DefaultOptimWrapperConstructor(

@@ -2,30 +2,32 @@
 import copy
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.model import is_model_wrapper
+from mmengine.dist import broadcast, get_dist_info
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 from mmpretrain.models.classifiers import ImageClassifier
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+from mmpretrain.utils import get_ori_model
 
-STAGES = ('representation', 'diffusion', 'finetune')
-FINETUNE_MODES = ('stable', 'hybrid')
+from .stages import (
+    DIFFUSION,
+    FINETUNE,
+    PART_CHILDREN,
+    REPRESENTATION,
+    STABLE,
+    trainable_parts,
+)
+
 PSEUDO_LABEL_DISTS = ('inverse', 'tail', 'uniform')
 
-# Which optimiser wrapper (part) each stage trains.
-STAGE_PARTS = {
-    ('representation', None): ('encoder', 'head'),
-    ('diffusion', None): ('diffusion', ),
-    ('finetune', 'stable'): ('head', ),
-    ('finetune', 'hybrid'): ('encoder', 'head'),
-}
-
-
-def _plain(module: nn.Module) -> nn.Module:
-    """The module behind a (separate) DDP wrapper, or the module itself."""
-    return module.module if is_model_wrapper(module) else module
+# Keys that moved from the classifier to the diffusion head, which owns the
+# stage-2 losses and the bound of the denoised estimate.
+_MOVED_TO_DIFFUSION_HEAD = ('ldm_loss', 'proto_loss', 'radius_loss',
+                            'margin_loss', 'feature_clamp_max',
+                            'geometry_t_fraction')
 
 
 def _build(cfg_or_module, **defaults) -> nn.Module:
@@ -44,64 +46,55 @@ class GALDDCClassifier(ImageClassifier):
     One classifier owns every part of the method: the encoder E (backbone +
     neck; its pooled output is the latent ``z``), the classification head G,
     the latent diffusion head (noise predictor eps_theta, schedule, DDIM
-    sampler, latent normalisation), the class geometry (prototypes, radii,
-    head/tail split) and a frozen copy E^(0) of the encoder. The current
-    stage, set by :class:`GALDDCTrainLoop` through :meth:`set_stage`,
-    decides what :meth:`loss` computes and which parts train:
+    sampler, latent normalisation, and the stage-2 losses), the class
+    geometry (prototypes, radii, head/tail split) and a frozen copy E^(0) of
+    the encoder. The current stage, set by the training loop through
+    :meth:`set_stage`, decides what :meth:`loss` computes and which parts
+    train (see :mod:`~galddc_mm.models.classifiers.stages`):
 
     - ``representation``: ``L_CE(G(E(x)), y)`` on E and G.
     - ``diffusion``: ``L_LDM + eta_p L_proto + eta_r L_rad + eta_m L_margin``
-      on theta only, computed from the denoised estimate
-      ``z~0 = (z_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)``, followed by
-      the EMA update of the class geometry.
+      on theta only (:meth:`LatentDiffusionHead.loss`), from the denoised
+      estimate ``z~0 = (z_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)``.
+      The step computes losses only; :class:`ClassGeometryHook` fits the
+      class statistics when the stage starts and updates their EMA from
+      the estimates each step fed to the losses (:meth:`take_geometry_batch`).
     - ``finetune`` / ``stable``: ``L_CE(G(z)) + gamma L_CE(G(z^0), y^)`` on G,
       with E frozen and fresh DDIM pseudo-latents ``z^0`` every iteration.
     - ``finetune`` / ``hybrid``: ``L_CE(G(E(x))) + gamma L_CE(G(sg(z^0)))
       + beta ||E(x) - sg(E^(0)(x))||^2`` on E and G; the pseudo-latent term
       reaches G only.
 
-    The loss weights eta_p, eta_r, eta_m, gamma and beta are the
-    ``loss_weight`` of the corresponding loss configs. Setting the three
-    geometry weights to 0 (and ``lam=1`` in the geometry) gives the plain
-    LDMLR-style conditional latent diffusion.
+    The loop, hooks and tools use the narrow API below (:meth:`set_stage`,
+    :meth:`trainable_parts`, :meth:`part_modules`,
+    :meth:`freeze_encoder_copy`, :meth:`encode_frozen`,
+    :meth:`fit_latent_statistics`, :attr:`geometry_ready`,
+    :meth:`generate_latents`, :meth:`classify_latents`,
+    :meth:`loss_latents`, :meth:`take_geometry_batch`) rather than the
+    parts' internals.
 
     Args:
         backbone (dict): The backbone config.
         neck (dict): The neck config; must pool to a ``(B, D)`` latent.
         head (dict): The classification head config (``num_classes`` and
             ``in_channels`` are read from it).
-        diffusion_head (dict): The :class:`LatentDiffusionHead` config;
-            ``latent_dim`` and ``num_classes`` default to the head's.
+        diffusion_head (dict): The :class:`LatentDiffusionHead` config, with
+            the stage-2 losses (``ldm_loss``, ``proto_loss``,
+            ``radius_loss``, ``margin_loss``), ``feature_clamp_max`` and
+            ``geometry_t_fraction``; ``latent_dim`` and ``num_classes``
+            default to the head's.
         geometry (dict): The :class:`ClassGeometry` config; ``latent_dim``
             and ``num_classes`` default to the head's.
-        ldm_loss (dict): The noise-prediction loss. Defaults to
-            ``dict(type='LDMLoss')``.
-        proto_loss (dict): L_proto, ``loss_weight`` is eta_p.
-        radius_loss (dict): L_rad, ``loss_weight`` is eta_r.
-        margin_loss (dict): L_margin, ``loss_weight`` is eta_m.
         pseudo_loss (dict): L_ge on pseudo-latents, ``loss_weight`` is gamma.
         consistency_loss (dict): L_cons (hybrid), ``loss_weight`` is beta.
-        feature_clamp_max (float, optional): Clamp of denoised estimates and
-            prototypes before the geometry losses, and of the DDIM z0
-            estimate while sampling (the seed's ``feature_clamp_max``).
-            Defaults to None (no clamp).
         pseudo_batch_size (int, optional): Pseudo-latents drawn per
             iteration in stage 3. Defaults to None (the real batch size).
         pseudo_label_dist (str): How pseudo labels are drawn: ``'inverse'``
             (p ~ 1 / n_y), ``'tail'`` (uniform over tail classes) or
             ``'uniform'``. Defaults to ``'inverse'``.
         pseudo_sampling (dict, optional): Overrides of the DDIM sampler for
-            stage 3 (``num_steps``, ``eta``, ``guidance_scale``).
-        update_geometry (bool): Whether stage 2 updates the geometry EMA.
-            Defaults to True.
-        geometry_t_fraction (float): The fraction of each stage-2 batch, the
-            samples with the smallest t, that enters the geometry losses and
-            the EMA. At large t the estimate z~0 divides the noise-prediction
-            error by sqrt(abar_t) ~ 0, so its geometry is noise and its
-            gradient is amplified up to 1/sqrt(abar_T) (~150x for the linear
-            schedule); the seed only clamps it. A fixed-size selection
-            (top-k of -t) keeps the step free of host-device syncs.
-            Defaults to 1.0 (every sample, as the seed).
+            stage 3 (``num_steps``, ``eta``, ``guidance_scale``,
+            ``cuda_graph``).
         pretrained, train_cfg, data_preprocessor, init_cfg: As
             :class:`mmpretrain.models.ImageClassifier`.
     """
@@ -112,23 +105,27 @@ class GALDDCClassifier(ImageClassifier):
                  head: dict,
                  diffusion_head: dict,
                  geometry: dict = dict(type='ClassGeometry'),
-                 ldm_loss: dict = dict(type='LDMLoss'),
-                 proto_loss: dict = dict(type='PrototypeLoss'),
-                 radius_loss: dict = dict(type='CalibratedRadiusLoss'),
-                 margin_loss: dict = dict(type='PrototypeMarginLoss'),
                  pseudo_loss: dict = dict(type='PseudoLatentCELoss'),
                  consistency_loss: dict = dict(
                      type='FeatureConsistencyLoss'),
-                 feature_clamp_max: Optional[float] = None,
                  pseudo_batch_size: Optional[int] = None,
                  pseudo_label_dist: str = 'inverse',
                  pseudo_sampling: Optional[dict] = None,
-                 update_geometry: bool = True,
-                 geometry_t_fraction: float = 1.0,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None,
+                 **kwargs):
+        moved = [k for k in kwargs if k in _MOVED_TO_DIFFUSION_HEAD]
+        if moved:
+            raise TypeError(
+                f'model.{moved[0]} is now a key of the diffusion head, '
+                'which owns the stage-2 losses and the bound of the '
+                f'denoised estimate: set model.diffusion_head.{moved[0]} '
+                'instead.')
+        if kwargs:
+            raise TypeError('GALDDCClassifier got unexpected keyword '
+                            f'arguments {sorted(kwargs)}.')
         if neck is None:
             raise ValueError(
                 'GALDDCClassifier needs a neck that pools the backbone '
@@ -155,11 +152,6 @@ class GALDDCClassifier(ImageClassifier):
         self.geometry = _build(
             geometry, latent_dim=latent_dim, num_classes=num_classes)
         self._check_dims(num_classes, latent_dim)
-
-        self.ldm_loss = _build(ldm_loss)
-        self.proto_loss = _build(proto_loss)
-        self.radius_loss = _build(radius_loss)
-        self.margin_loss = _build(margin_loss)
         self.pseudo_loss = _build(pseudo_loss)
         self.consistency_loss = _build(consistency_loss)
 
@@ -167,29 +159,22 @@ class GALDDCClassifier(ImageClassifier):
             raise ValueError(
                 f'pseudo_label_dist must be one of {PSEUDO_LABEL_DISTS}, '
                 f'got {pseudo_label_dist!r}.')
-        if feature_clamp_max is not None and feature_clamp_max <= 0:
-            raise ValueError('feature_clamp_max must be positive or None, '
-                             f'got {feature_clamp_max}.')
         if pseudo_batch_size is not None and pseudo_batch_size < 1:
             raise ValueError('pseudo_batch_size must be >= 1 or None, got '
                              f'{pseudo_batch_size}.')
-        for name in ('proto_loss', 'radius_loss', 'margin_loss',
-                     'pseudo_loss', 'consistency_loss', 'ldm_loss'):
+        for name in ('pseudo_loss', 'consistency_loss'):
             weight = getattr(getattr(self, name), 'loss_weight', 1.0)
             if weight < 0:
                 raise ValueError(f'{name}.loss_weight must be >= 0, got '
                                  f'{weight}.')
         self.num_classes = num_classes
         self.latent_dim = latent_dim
-        self.feature_clamp_max = feature_clamp_max
         self.pseudo_batch_size = pseudo_batch_size
         self.pseudo_label_dist = pseudo_label_dist
         self.pseudo_sampling = dict(pseudo_sampling or {})
-        self.update_geometry = update_geometry
-        if not 0 < geometry_t_fraction <= 1:
-            raise ValueError('geometry_t_fraction must lie in (0, 1], got '
-                             f'{geometry_t_fraction}.')
-        self.geometry_t_fraction = float(geometry_t_fraction)
+        self.diffusion_head.check_sampling_steps(
+            self.pseudo_sampling.get('num_steps'),
+            'model.pseudo_sampling.num_steps')
 
         # E^(0): a frozen copy of the encoder, synchronised from E when the
         # diffusion stage starts (see `freeze_encoder_copy`). It lives in the
@@ -200,12 +185,11 @@ class GALDDCClassifier(ImageClassifier):
                 neck=copy.deepcopy(self.neck)))
         self.frozen_encoder.requires_grad_(False)
 
-        self.stage = 'representation'
+        self.stage = REPRESENTATION
         self.finetune_mode = None
+        # The denoised estimates of the last stage-2 step, for the EMA.
+        self._geometry_batch = None
 
-    # ------------------------------------------------------------------
-    # construction helpers
-    # ------------------------------------------------------------------
     def _check_dims(self, num_classes: int, latent_dim: int) -> None:
         for name in ('diffusion_head', 'geometry'):
             part = getattr(self, name)
@@ -225,17 +209,12 @@ class GALDDCClassifier(ImageClassifier):
         self.freeze_encoder_copy()
 
     # ------------------------------------------------------------------
-    # stages
+    # stages and parts
     # ------------------------------------------------------------------
     @staticmethod
     def trainable_parts(stage: str, mode: Optional[str] = None) -> tuple:
-        """The optimiser-wrapper names a stage trains."""
-        key = (stage, mode if stage == 'finetune' else None)
-        if key not in STAGE_PARTS:
-            raise ValueError(
-                f'Unknown stage {stage!r} (mode {mode!r}); stages are '
-                f'{STAGES} and finetune modes {FINETUNE_MODES}.')
-        return STAGE_PARTS[key]
+        """The optimiser-wrapper names a stage trains (see ``stages``)."""
+        return trainable_parts(stage, mode)
 
     def set_stage(self, stage: str, mode: Optional[str] = None) -> None:
         """Switch the stage: what ``loss`` computes and what is trainable.
@@ -246,44 +225,64 @@ class GALDDCClassifier(ImageClassifier):
             mode (str, optional): ``'stable'`` or ``'hybrid'`` for the
                 finetune stage. Defaults to None.
         """
-        parts = self.trainable_parts(stage, mode)
+        parts = trainable_parts(stage, mode)
         self.stage = stage
-        self.finetune_mode = mode if stage == 'finetune' else None
+        self.finetune_mode = mode if stage == FINETUNE else None
         for part, modules in self.part_modules().items():
-            for module in modules:
+            for module in modules.values():
                 module.requires_grad_(part in parts)
         self.frozen_encoder.requires_grad_(False)
         # Re-apply train/eval so frozen parts keep their BN statistics.
         self.train(self.training)
 
-    def part_modules(self) -> Dict[str, List[nn.Module]]:
-        """The modules behind each optimiser wrapper name."""
-        return dict(
-            encoder=[_plain(self.backbone), _plain(self.neck)],
-            head=[_plain(self.head)],
-            diffusion=[_plain(self.diffusion_head)])
+    def part_modules(self) -> Dict[str, Dict[str, nn.Module]]:
+        """The modules behind each optimiser-wrapper name (part).
+
+        Returns:
+            dict: ``{part: {child name: module}}``, e.g. ``{'encoder':
+            {'backbone': ..., 'neck': ...}, ...}``, without DDP wrappers.
+        """
+        return {
+            part: {
+                child: get_ori_model(getattr(self, child))
+                for child in children
+            }
+            for part, children in PART_CHILDREN.items()
+        }
 
     def train(self, mode: bool = True):
         super().train(mode)
         # Frozen parts run in eval mode: no BN statistic drift, no dropout.
         self.frozen_encoder.eval()
-        if mode and self.stage in ('diffusion', 'finetune'):
-            parts = self.trainable_parts(self.stage, self.finetune_mode)
+        if mode and self.stage in (DIFFUSION, FINETUNE):
+            parts = trainable_parts(self.stage, self.finetune_mode)
             for part, modules in self.part_modules().items():
                 if part not in parts:
-                    for module in modules:
+                    for module in modules.values():
                         module.eval()
         return self
 
     @torch.no_grad()
-    def freeze_encoder_copy(self) -> None:
-        """Copy the current encoder E into the frozen anchor E^(0)."""
+    def freeze_encoder_copy(self, broadcast_from_rank0: bool = False) -> None:
+        """Copy the current encoder E into the frozen anchor E^(0).
+
+        Args:
+            broadcast_from_rank0 (bool): First broadcast E (parameters and
+                BN buffers) from rank 0, so E^(0) is identical on every
+                rank: DDP keeps parameters in sync, but each rank's BN
+                running statistics differ. Every rank must call it then.
+                Defaults to False.
+        """
+        _, world_size = get_dist_info()
         for name in ('backbone', 'neck'):
-            src = _plain(getattr(self, name)).state_dict()
+            src = get_ori_model(getattr(self, name)).state_dict()
+            if broadcast_from_rank0 and world_size > 1:
+                for tensor in src.values():
+                    broadcast(tensor, src=0)
             self.frozen_encoder[name].load_state_dict(src)
 
     # ------------------------------------------------------------------
-    # features
+    # latents, statistics and generation
     # ------------------------------------------------------------------
     def _encode(self, inputs: torch.Tensor, trainable: bool) -> torch.Tensor:
         """E(x) as a (B, D) tensor; frozen parts bypass their DDP wrapper."""
@@ -291,7 +290,8 @@ class GALDDCClassifier(ImageClassifier):
             feats = self.neck(self.backbone(inputs))
         else:
             with torch.no_grad():
-                feats = _plain(self.neck)(_plain(self.backbone)(inputs))
+                feats = get_ori_model(self.neck)(
+                    get_ori_model(self.backbone)(inputs))
         return feats[-1] if isinstance(feats, (tuple, list)) else feats
 
     @torch.no_grad()
@@ -301,13 +301,75 @@ class GALDDCClassifier(ImageClassifier):
             self.frozen_encoder['backbone'](inputs))
         return feats[-1] if isinstance(feats, (tuple, list)) else feats
 
+    @torch.no_grad()
+    def fit_latent_statistics(
+            self,
+            latents: torch.Tensor,
+            labels: torch.Tensor,
+            class_counts: Optional[Union[np.ndarray,
+                                         Sequence[int]]] = None) -> None:
+        """Fit the latent normaliser and the class geometry on ``D_z``.
+
+        Both from the same full set of real latents (the gathered cache,
+        the same on every rank), so no rank needs another's data.
+
+        Args:
+            latents (torch.Tensor): Every training latent E^(0)(x), (N, D).
+            labels (torch.Tensor): Their classes, (N,).
+            class_counts (array-like, optional): The data set's training
+                counts, checked against the latents per class.
+        """
+        get_ori_model(self.diffusion_head).normalizer.fit(latents)
+        self.geometry.init_from_latents(
+            latents, labels, class_counts=class_counts)
+
+    @property
+    def geometry_ready(self) -> bool:
+        """Whether the class statistics have been fitted (or loaded)."""
+        return self.geometry.is_initialized
+
+    @torch.no_grad()
+    def generate_latents(self, labels: torch.Tensor,
+                         **sampling) -> torch.Tensor:
+        """Sample encoder-space latents z^0 ~ p_theta(z0 | y) with DDIM.
+
+        The one way every caller (stage 3, reports, tools) generates: the
+        diffusion head applies its own bound of the estimate
+        (``feature_clamp_max``).
+
+        Args:
+            labels (torch.Tensor): Class of each latent, (B,).
+            **sampling: Overrides of the sampler (``num_steps``, ``eta``,
+                ``guidance_scale``, ``generator``, ``z_T``, ``cuda_graph``).
+
+        Returns:
+            torch.Tensor: Latents, (B, D).
+        """
+        return get_ori_model(self.diffusion_head).sample(labels, **sampling)
+
+    def classify_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """G's logits for latents, (B, K)."""
+        return get_ori_model(self.head)((latents, ))
+
+    def take_geometry_batch(self):
+        """The denoised estimates of the last stage-2 step, once.
+
+        Returns:
+            GeometryBatch | None: What the geometry losses of the last
+            diffusion step saw (detached), or None when no diffusion step
+            ran since the last call.
+        """
+        batch, self._geometry_batch = self._geometry_batch, None
+        return batch
+
     def predict(self,
                 inputs: torch.Tensor,
                 data_samples: Optional[List[DataSample]] = None,
                 **kwargs) -> List[DataSample]:
         """Predict with E and G; works in every stage, as upstream."""
         feats = self.extract_feat(inputs)
-        return _plain(self.head).predict(feats, data_samples, **kwargs)
+        return get_ori_model(self.head).predict(feats, data_samples,
+                                                **kwargs)
 
     # ------------------------------------------------------------------
     # losses
@@ -315,19 +377,19 @@ class GALDDCClassifier(ImageClassifier):
     def loss(self, inputs: torch.Tensor,
              data_samples: List[DataSample]) -> dict:
         """Losses of the current stage from a batch of images."""
-        if self.stage == 'representation':
+        if self.stage == REPRESENTATION:
             # `self.head(...)` goes through the head's DDP wrapper (if any),
             # which only intercepts `forward`; the loss is the head's own.
             # Exactly upstream's work: stage 1 must cost what CE costs.
             logits = self.head(self.extract_feat(inputs))
-            return _plain(self.head)._get_loss(logits, data_samples)
+            return get_ori_model(self.head)._get_loss(logits, data_samples)
         labels = torch.cat([ds.gt_label for ds in data_samples]).to(
             inputs.device)
-        if self.stage == 'diffusion':
+        if self.stage == DIFFUSION:
             # On-the-fly extraction (the seed's way): the frozen anchor
             # gives the latents of this augmented batch.
-            return self.diffusion_loss(self.encode_frozen(inputs), labels)
-        if self.finetune_mode == 'stable':
+            return self._diffusion_loss(self.encode_frozen(inputs), labels)
+        if self.finetune_mode == STABLE:
             return self.finetune_loss(
                 self._encode(inputs, trainable=False), labels)
         feats = self._encode(inputs, trainable=True)
@@ -339,45 +401,21 @@ class GALDDCClassifier(ImageClassifier):
     def loss_latents(self, latents: torch.Tensor,
                      labels: torch.Tensor) -> dict:
         """Losses of the current stage from cached latents E^(0)(x)."""
-        if self.stage == 'diffusion':
-            return self.diffusion_loss(latents, labels)
-        if self.stage == 'finetune' and self.finetune_mode == 'stable':
+        if self.stage == DIFFUSION:
+            return self._diffusion_loss(latents, labels)
+        if self.stage == FINETUNE and self.finetune_mode == STABLE:
             return self.finetune_loss(latents, labels)
         raise RuntimeError(
             f'Cached latents cannot train stage {self.stage!r} '
             f'(mode {self.finetune_mode!r}): only the diffusion stage and '
             'the stable finetune stage run on cached latents.')
 
-    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.feature_clamp_max
-        return x if c is None else x.clamp(-c, c)
-
-    def diffusion_loss(self, latents: torch.Tensor,
-                       labels: torch.Tensor) -> dict:
-        """Stage 2: L_LDM + eta_p L_proto + eta_r L_rad + eta_m L_margin."""
-        out = self.diffusion_head(latents, labels)
-        losses = dict(loss_ldm=self.ldm_loss(out.pred_noise, out.noise))
-        geometry = self.geometry
-        # The seed clamps z~0 and prototypes before the geometry losses to
-        # stop blow-ups at large t, where z~0 divides by sqrt(abar_t) ~ 0.
-        z0 = self._clamp(out.pred_z0)
-        if self.geometry_t_fraction < 1:
-            k = max(1, round(self.geometry_t_fraction * z0.size(0)))
-            keep = torch.topk(out.t, k, largest=False, sorted=False).indices
-            z0, labels = z0[keep], labels[keep]
-        # A copy: the EMA below updates the buffer in place, and autograd
-        # keeps the prototypes for the backward pass of these losses.
-        protos = self._clamp(geometry.prototypes).clone()
-        if self.proto_loss.loss_weight > 0:
-            losses['loss_proto'] = self.proto_loss(z0, labels, protos)
-        if self.radius_loss.loss_weight > 0:
-            losses['loss_rad'] = self.radius_loss(z0, labels, protos,
-                                                  geometry.r_cal)
-        if self.margin_loss.loss_weight > 0:
-            losses['loss_margin'] = self.margin_loss(z0, labels, protos,
-                                                     geometry.valid_mask)
-        if self.update_geometry:
-            geometry.ema_update(z0.detach(), labels)
+    def _diffusion_loss(self, latents: torch.Tensor,
+                        labels: torch.Tensor) -> dict:
+        # Through the head's DDP wrapper (if any), so its gradients are
+        # reduced; `mode='loss'` runs LatentDiffusionHead.loss.
+        losses, self._geometry_batch = self.diffusion_head(
+            latents, labels, mode='loss', geometry=self.geometry)
         return losses
 
     def pseudo_label_weights(self) -> torch.Tensor:
@@ -396,9 +434,7 @@ class GALDDCClassifier(ImageClassifier):
         """Draw ``num`` labels and their DDIM pseudo-latents z^0 ~ p(z|y)."""
         weights = self.pseudo_label_weights().to(device)
         labels = torch.multinomial(weights, num, replacement=True)
-        head = _plain(self.diffusion_head)
-        latents = head.sample(
-            labels, clamp=self.feature_clamp_max, **self.pseudo_sampling)
+        latents = self.generate_latents(labels, **self.pseudo_sampling)
         return latents.detach(), labels
 
     def finetune_loss(self, latents: torch.Tensor,
@@ -414,7 +450,7 @@ class GALDDCClassifier(ImageClassifier):
             num_pseudo, latents.device)
         feats = torch.cat([latents, pseudo.to(latents.dtype)])
         logits = self.head((feats, ))
-        head = _plain(self.head)
+        head = get_ori_model(self.head)
         losses = dict(
             loss_cls=head.loss_module(
                 logits[:num_real], labels, avg_factor=num_real),
@@ -431,9 +467,9 @@ class GALDDCClassifier(ImageClassifier):
 
         ``data`` is either an image batch (processed by the data
         preprocessor) or a cached-latent batch ``dict(latents=, labels=)``
-        produced by :class:`GALDDCTrainLoop`.
+        produced by the training loop.
         """
-        parts = self.trainable_parts(self.stage, self.finetune_mode)
+        parts = trainable_parts(self.stage, self.finetune_mode)
         if isinstance(optim_wrapper, OptimWrapperDict):
             missing = [p for p in parts if p not in optim_wrapper]
             if missing:
@@ -458,15 +494,29 @@ class GALDDCClassifier(ImageClassifier):
     @staticmethod
     def _update_params(loss: torch.Tensor,
                        wrappers: Sequence[OptimWrapper]) -> None:
+        """``update_params`` of one loss over one or several wrappers.
+
+        Several wrappers (stage 1 and hybrid stage 3 step E and G together)
+        share one backward: the loss is scaled for gradient accumulation
+        and, under AMP, by the first wrapper's loss scaler; every wrapper
+        counts the backward, and when the accumulation is complete each
+        optimiser steps with that same scaler, whose scale is then updated
+        once, so each optimiser unscales by the factor its gradients were
+        scaled with. The optimiser constructor makes parts that step
+        together share ``accumulative_counts``.
+        """
         if len(wrappers) == 1:
             wrappers[0].update_params(loss)
             return
-        # One loss, several optimisers: backward once through the first
-        # wrapper (which scales the loss under AMP) and step every optimiser
-        # with that same scaler, updating the scale once, so that each
-        # optimiser unscales by the factor its gradients were scaled with.
         first = wrappers[0]
-        first.backward(loss)
+        first.backward(first.scale_loss(loss))
+        for wrapper in wrappers[1:]:
+            # They took part in the backward above: mmengine counts
+            # backward calls in ``_inner_count`` (``OptimWrapper.backward``
+            # does ``+= 1``) to decide when accumulation is complete.
+            wrapper._inner_count += 1
+        if not first.should_update():
+            return
         scaler = getattr(first, 'loss_scaler', None)
         for wrapper in wrappers:
             if scaler is None:

@@ -1,7 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 import copy
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,18 @@ class DiffusionOutput(NamedTuple):
     t: Tensor
     z_t: Tensor
     pred_z0: Tensor
+
+
+class GeometryBatch(NamedTuple):
+    """The denoised estimates a stage-2 step fed to the geometry losses.
+
+    Attributes:
+        latents (Tensor): :math:`\\tilde z_0` in encoder space (clamped,
+            detached), ``(B', D)``.
+        labels (Tensor): Their classes, ``(B', )``.
+    """
+    latents: Tensor
+    labels: Tensor
 
 
 def _build(cfg: Union[dict, nn.Module], **defaults) -> nn.Module:
@@ -86,10 +98,17 @@ class LatentDiffusionHead(BaseModule):
                      \epsilon_\theta(\hat z_t, t, y)}{\sqrt{\bar\alpha_t}}
                      + m
 
-    and :math:`L_{LDM} = \| \epsilon - \epsilon_\theta \|^2` is computed by
-    the caller from the returned :class:`DiffusionOutput`. For
-    classifier-free guidance, each label is replaced by the null class with
-    probability ``cond_drop_prob`` (training mode only).
+    For classifier-free guidance, each label is replaced by the null class
+    with probability ``cond_drop_prob`` (training mode only).
+
+    The head owns the losses of stage 2 (:meth:`loss`), as MMPretrain heads
+    own theirs: :math:`L_{LDM} + \eta_p L_{proto} + \eta_r L_{rad} +
+    \eta_m L_{margin}`, the geometry terms computed from :math:`\tilde z_0`
+    against the class geometry's prototypes and calibrated radii. Setting
+    the three geometry weights to 0 gives plain LDMLR-style latent
+    diffusion. It also owns the bound of :math:`\tilde z_0`
+    (``feature_clamp_max``), applied the same way in the losses and at
+    every sampling step.
 
     Args:
         latent_dim (int): Latent dimension ``D``.
@@ -108,6 +127,27 @@ class LatentDiffusionHead(BaseModule):
         normalizer (dict | nn.Module): The latent standardisation;
             ``latent_dim`` is filled in.
             Defaults to ``dict(type='LatentNormalizer')``.
+        ldm_loss (dict): The noise-prediction loss L_LDM.
+            Defaults to ``dict(type='LDMLoss')``.
+        proto_loss (dict): L_proto, its ``loss_weight`` is eta_p.
+            Defaults to ``dict(type='PrototypeLoss')``.
+        radius_loss (dict): L_rad, its ``loss_weight`` is eta_r.
+            Defaults to ``dict(type='CalibratedRadiusLoss')``.
+        margin_loss (dict): L_margin, its ``loss_weight`` is eta_m.
+            Defaults to ``dict(type='PrototypeMarginLoss')``.
+        feature_clamp_max (float, optional): Clamp, in encoder space, of the
+            denoised estimates and prototypes before the geometry losses and
+            of the DDIM z0 estimate at every sampling step (the seed's
+            ``feature_clamp_max``). Defaults to None (no clamp).
+        geometry_t_fraction (float): The fraction of each batch, the
+            samples with the smallest t, that enters the geometry losses and
+            the EMA of the class statistics. At large t the estimate z~0
+            divides the noise-prediction error by sqrt(abar_t) ~ 0, so its
+            geometry is noise and its gradient is amplified up to
+            1/sqrt(abar_T) (~150x for the linear schedule); the seed only
+            clamps it. A fixed-size selection (top-k of -t) keeps the step
+            free of host-device syncs. Defaults to 1.0 (every sample, as the
+            seed).
     """
 
     #: Captured sampling graphs kept (see :meth:`sample`, ``cuda_graph``).
@@ -128,7 +168,15 @@ class LatentDiffusionHead(BaseModule):
             cond_drop_prob: float = 0.0,
             init_cfg: Optional[Union[dict, list]] = None,
             normalizer: Union[dict, nn.Module] = dict(  # noqa: B006
-                type='LatentNormalizer')):
+                type='LatentNormalizer'),
+            ldm_loss: dict = dict(type='LDMLoss'),  # noqa: B006
+            proto_loss: dict = dict(type='PrototypeLoss'),  # noqa: B006
+            radius_loss: dict = dict(  # noqa: B006
+                type='CalibratedRadiusLoss'),
+            margin_loss: dict = dict(  # noqa: B006
+                type='PrototypeMarginLoss'),
+            feature_clamp_max: Optional[float] = None,
+            geometry_t_fraction: float = 1.0):
         super().__init__(init_cfg=init_cfg)
         for name, value in (('latent_dim', latent_dim), ('num_classes',
                                                          num_classes)):
@@ -147,6 +195,89 @@ class LatentDiffusionHead(BaseModule):
             denoiser, latent_dim=latent_dim, num_classes=num_classes)
         self.sampler = _build(sampler)
         self.normalizer = _build(normalizer, latent_dim=latent_dim)
+        self.check_sampling_steps(self.sampler.num_steps,
+                                  'model.diffusion_head.sampler.num_steps')
+        self.ldm_loss = _build(ldm_loss)
+        self.proto_loss = _build(proto_loss)
+        self.radius_loss = _build(radius_loss)
+        self.margin_loss = _build(margin_loss)
+        for name in ('ldm_loss', 'proto_loss', 'radius_loss', 'margin_loss'):
+            weight = getattr(getattr(self, name), 'loss_weight', 1.0)
+            if weight < 0:
+                raise ValueError(f'{name}.loss_weight must be >= 0, got '
+                                 f'{weight}.')
+        if feature_clamp_max is not None and not feature_clamp_max > 0:
+            raise ValueError('feature_clamp_max must be positive or None, '
+                             f'got {feature_clamp_max}.')
+        if not 0 < geometry_t_fraction <= 1:
+            raise ValueError('geometry_t_fraction must lie in (0, 1], got '
+                             f'{geometry_t_fraction}.')
+        self.feature_clamp_max = feature_clamp_max
+        self.geometry_t_fraction = float(geometry_t_fraction)
+
+    def check_sampling_steps(self, num_steps: Optional[int],
+                             key: str) -> None:
+        """Fail early when DDIM would take more steps than the schedule.
+
+        Args:
+            num_steps (int, optional): The steps asked for (None: the
+                sampler's default, already checked).
+            key (str): The config key that asked, for the message.
+        """
+        num_timesteps = self.schedule.num_timesteps
+        if num_steps is not None and num_steps > num_timesteps:
+            raise ValueError(
+                f'{key}={num_steps} exceeds the T={num_timesteps} training '
+                'timesteps of the noise schedule (model.diffusion_head.'
+                'schedule.num_timesteps); DDIM needs 1 <= num_steps <= T.')
+
+    def _clamp(self, x: Tensor) -> Tensor:
+        c = self.feature_clamp_max
+        return x if c is None else x.clamp(-c, c)
+
+    def loss(self, latents: Tensor, labels: Tensor,
+             geometry) -> Tuple[dict, GeometryBatch]:
+        """Stage 2: L_LDM + eta_p L_proto + eta_r L_rad + eta_m L_margin.
+
+        The geometry losses see the least-noisy ``geometry_t_fraction`` of
+        the batch, their denoised estimates and the prototypes clamped by
+        ``feature_clamp_max`` (the seed clamps both to stop blow-ups at
+        large t, where z~0 divides by sqrt(abar_t) ~ 0). A loss whose
+        weight is 0 is not computed.
+
+        Args:
+            latents (Tensor): Encoder-space latents z0, ``(B, D)``.
+            labels (Tensor): Their classes, ``(B, )``.
+            geometry (ClassGeometry): The class geometry (prototypes,
+                calibrated radii, valid classes); only read.
+
+        Returns:
+            tuple: The losses (``loss_ldm`` and, for non-zero weights,
+            ``loss_proto``, ``loss_rad``, ``loss_margin``) and the detached
+            :class:`GeometryBatch` the geometry losses saw, from which the
+            class statistics' EMA is updated
+            (:class:`~galddc_mm.engine.hooks.ClassGeometryHook`).
+        """
+        out = self(latents, labels)
+        losses = dict(loss_ldm=self.ldm_loss(out.pred_noise, out.noise))
+        z0 = self._clamp(out.pred_z0)
+        if self.geometry_t_fraction < 1:
+            k = max(1, round(self.geometry_t_fraction * z0.size(0)))
+            keep = torch.topk(out.t, k, largest=False, sorted=False).indices
+            z0, labels = z0[keep], labels[keep]
+        # A copy: the EMA updates the buffer in place after this step, and
+        # autograd keeps the prototypes for the backward pass of these
+        # losses.
+        protos = self._clamp(geometry.prototypes).clone()
+        if self.proto_loss.loss_weight > 0:
+            losses['loss_proto'] = self.proto_loss(z0, labels, protos)
+        if self.radius_loss.loss_weight > 0:
+            losses['loss_rad'] = self.radius_loss(z0, labels, protos,
+                                                  geometry.r_cal)
+        if self.margin_loss.loss_weight > 0:
+            losses['loss_margin'] = self.margin_loss(z0, labels, protos,
+                                                     geometry.valid_mask)
+        return losses, GeometryBatch(z0.detach(), labels)
 
     @property
     def null_class(self) -> int:
@@ -158,9 +289,14 @@ class LatentDiffusionHead(BaseModule):
                 labels: Tensor,
                 noise: Optional[Tensor] = None,
                 t: Optional[Tensor] = None,
-                generator: Optional[torch.Generator] = None
-                ) -> DiffusionOutput:
+                generator: Optional[torch.Generator] = None,
+                mode: str = 'tensor',
+                geometry=None) -> DiffusionOutput:
         """Training-time forward: noise the latents and predict the noise.
+
+        ``mode='loss'`` returns :meth:`loss` instead (with ``geometry``), so
+        that a caller holding the head's DDP wrapper computes the losses
+        through the wrapper's ``forward``, as mmengine models do.
 
         Args:
             z0 (Tensor): Encoder-space latents, shape ``(B, D)``.
@@ -173,10 +309,17 @@ class LatentDiffusionHead(BaseModule):
                 of ``z0``) for ``t``, ``noise`` and label dropping.
                 Defaults to None.
 
+            mode (str): ``'tensor'`` or ``'loss'``. Defaults to 'tensor'.
+            geometry (ClassGeometry, optional): Needed by ``mode='loss'``.
+
         Returns:
             DiffusionOutput: ``noise``, ``pred_noise``, ``t``, ``z_t``
             (standardised space) and ``pred_z0`` (encoder space).
         """
+        if mode == 'loss':
+            return self.loss(z0, labels, geometry)
+        if mode != 'tensor':
+            raise ValueError(f"mode must be 'tensor' or 'loss', got {mode!r}.")
         if z0.dim() != 2 or z0.size(1) != self.latent_dim:
             raise ValueError(f'`z0` must have shape (B, {self.latent_dim}), '
                              f'got {tuple(z0.shape)}.')
@@ -219,11 +362,14 @@ class LatentDiffusionHead(BaseModule):
                num_steps: Optional[int] = None,
                eta: Optional[float] = None,
                guidance_scale: Optional[float] = None,
-               clamp: Optional[float] = None,
                generator: Optional[torch.Generator] = None,
                z_T: Optional[Tensor] = None,
                cuda_graph: bool = False) -> Tensor:
         """Draw latents :math:`\\hat z_0 \\sim p_\\theta(z_0 | y)` by DDIM.
+
+        With ``feature_clamp_max`` set, the :math:`\\hat z_0` estimate is
+        clamped to ``[-c, c]`` in ENCODER space at every step (and so is the
+        result), as in the stage-2 losses.
 
         Sampling uses the denoiser as it is; call ``.eval()`` first if it
         has dropout. Under autocast with a 16-bit dtype, the linear layers
@@ -241,10 +387,6 @@ class LatentDiffusionHead(BaseModule):
                 sampler's.
             guidance_scale (float, optional): Classifier-free guidance
                 scale. Defaults to the sampler's.
-            clamp (float, optional): The seed's ``feature_clamp_max``: the
-                :math:`\\hat z_0` estimate is clamped to ``[-clamp, clamp]``
-                in ENCODER space at every step (and so is the result).
-                Defaults to None.
             generator (torch.Generator, optional): Generator on the device
                 of ``labels``. Defaults to None.
             z_T (Tensor, optional): Starting noise, standardised space,
@@ -259,8 +401,8 @@ class LatentDiffusionHead(BaseModule):
         Returns:
             Tensor: Encoder-space latents, shape ``(B, D)``.
         """
-        if clamp is not None and not clamp > 0:
-            raise ValueError(f'`clamp` must be None or > 0, got {clamp!r}.')
+        self.check_sampling_steps(num_steps, 'num_steps')
+        clamp = self.feature_clamp_max
         if cuda_graph and labels.is_cuda and generator is None:
             return self._graphed_sample(labels, num_steps, eta,
                                         guidance_scale, clamp, z_T)
