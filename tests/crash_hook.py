@@ -72,7 +72,7 @@ class FaultInjectionHook(Hook):
       whatever file they were going to, the rest never comes.
     - ``'nan_loss'``: from iteration ``iter`` of ``epoch`` on, the loss
       module at ``loss`` (an attribute path of the model, e.g.
-      ``'proto_loss'``) returns NaN.
+      ``'diffusion_head.proto_loss'``) returns NaN.
 
     Args:
         fault (str): One of the faults above.
@@ -105,9 +105,9 @@ class FaultInjectionHook(Hook):
         if self.fault != 'kill_in_extraction' or not self._armed():
             return
         loop = runner.train_loop
-        build = loop._build_extract_dataloader
+        build = loop.build_extract_dataloader
         # An instance attribute shadows the method for this run only.
-        loop._build_extract_dataloader = lambda: _KillingLoader(
+        loop.build_extract_dataloader = lambda: _KillingLoader(
             build(), self.iter)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):

@@ -1,6 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """GALDDCTrainLoop pieces: stage parsing, stage-relative schedules, the
-latent loader."""
+latent cache and its loader."""
 import os.path as osp
 from unittest import TestCase
 
@@ -10,8 +10,15 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import galddc_mm  # noqa: F401
-from galddc_mm.engine.loops import GALDDCTrainLoop
-from galddc_mm.engine.loops.galddc_train_loop import LatentLoader
+from galddc_mm.engine.loops.latent_cache import (
+    LatentCache,
+    LatentLoader,
+    gather_latents,
+)
+from galddc_mm.engine.loops.stage import (
+    parse_stages,
+    resolve_stage_schedulers,
+)
 
 CONFIG = osp.join(REPO_ROOT, 'configs', 'galddc', 'r20_digitslt.py')
 
@@ -27,7 +34,7 @@ def _runner(tmp, stages):
 class TestStageParsing(TestCase):
 
     def test_layout_and_lookup(self):
-        stages = GALDDCTrainLoop.parse_stages([
+        stages = parse_stages([
             dict(name='representation', epochs=0),
             dict(name='diffusion', epochs=2),
             dict(name='finetune', epochs=3, mode='stable'),
@@ -59,10 +66,42 @@ class TestStageParsing(TestCase):
         ]
         for stages, message in cases:
             with self.assertRaisesRegex((ValueError, KeyError), message):
-                GALDDCTrainLoop.parse_stages(stages)
+                parse_stages(stages)
 
 
 class TestStageSchedules(TestCase):
+
+    def test_resolve_is_relative_to_the_stage(self):
+        stages = parse_stages([
+            dict(name='representation', epochs=0),
+            dict(name='diffusion', epochs=4),
+            dict(name='finetune', epochs=6),
+        ])
+        names = ['representation', 'diffusion', 'finetune']
+        schedulers = dict(
+            encoder=[
+                dict(type='CosineAnnealingLR', stage='representation'),
+                dict(type='MultiStepLR', stage='finetune', begin=1,
+                     milestones=[2, 4]),
+            ],
+            diffusion=dict(type='CosineAnnealingLR', stage='diffusion',
+                           end=3),
+            head=[dict(type='ConstantLR', begin=0, end=2)])
+        out = resolve_stage_schedulers(schedulers, names, stages)
+        self.assertEqual(out['encoder'], [
+            dict(type='MultiStepLR', begin=5, end=10, milestones=[6, 8],
+                 by_epoch=True)
+        ])
+        self.assertEqual(out['diffusion'], [
+            dict(type='CosineAnnealingLR', begin=0, end=3, by_epoch=True)
+        ])
+        # Without `stage=` a scheduler keeps its global epochs.
+        self.assertEqual(out['head'], schedulers['head'])
+        # The input is left as it was (a pure function of the config).
+        self.assertEqual(schedulers['diffusion']['stage'], 'diffusion')
+        with self.assertRaisesRegex(ValueError, "stage 'pretrain'"):
+            resolve_stage_schedulers(
+                [dict(type='ConstantLR', stage='pretrain')], names, stages)
 
     def test_schedules_follow_skipped_stage(self):
         import tempfile
@@ -92,17 +131,32 @@ class TestStageSchedules(TestCase):
                 _ = runner.train_loop
 
 
+class TestLatentCache(TestCase):
+
+    def test_gather_orders_and_dedupes_one_process(self):
+        # A shard as the padded distributed sampler leaves it: out of order,
+        # index 2 twice.
+        shard = LatentCache(
+            latents=torch.tensor([[2.], [0.], [1.], [2.]]),
+            labels=torch.tensor([5, 3, 4, 5]),
+            indices=torch.tensor([2, 0, 1, 2]))
+        cache = gather_latents(shard)
+        self.assertEqual(cache.indices.tolist(), [0, 1, 2])
+        self.assertEqual(cache.labels.tolist(), [3, 4, 5])
+        self.assertEqual(cache.latents.flatten().tolist(), [0., 1., 2.])
+
+
 class TestLatentLoader(TestCase):
 
     def test_shards_cover_the_cache_once_per_pass(self):
-        cache = dict(latents=torch.arange(10.).view(10, 1),
-                     labels=torch.arange(10))
+        cache = LatentCache(
+            latents=torch.arange(10.).view(10, 1),
+            labels=torch.arange(10),
+            indices=torch.arange(10))
         seen = []
         for rank in range(3):
             loader = LatentLoader(cache, batch_size=2, repeat=1, seed=0,
-                                  epoch=4)
-            loader.rank, loader.world_size = rank, 3
-            loader.per_rank = 4
+                                  epoch=4, rank=rank, world_size=3)
             batches = list(loader)
             self.assertEqual(len(batches), len(loader))
             seen += [int(i) for b in batches for i in b['labels']]
@@ -111,7 +165,10 @@ class TestLatentLoader(TestCase):
         self.assertEqual(len(seen), 12)
 
     def test_order_depends_on_epoch_only(self):
-        cache = dict(latents=torch.randn(16, 2), labels=torch.arange(16))
+        cache = LatentCache(
+            latents=torch.randn(16, 2),
+            labels=torch.arange(16),
+            indices=torch.arange(16))
 
         def order(epoch):
             loader = LatentLoader(cache, 4, repeat=2, seed=3, epoch=epoch)

@@ -253,7 +253,7 @@ class TestNonFiniteLoss:
         with open(osp.join(work_dir, 'epoch_3.pth'), 'rb') as f:
             good = f.read()
         hook = dict(type='FaultInjectionHook', fault='nan_loss', epoch=4,
-                    iter=1, loss='proto_loss')
+                    iter=1, loss='diffusion_head.proto_loss')
         proc = _train(
             work_dir, '--resume',
             config=_fault_config(str(tmp_path), 'nan', hook), check=False)

@@ -100,7 +100,7 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu'):
             f'{config!r} builds a {type(model).__name__}; this analysis '
             'needs a GALD-DC model (GALDDCClassifier, with a diffusion head '
             'and class geometry).')
-    if not model.geometry.is_initialized:
+    if not model.geometry_ready:
         raise RuntimeError(
             f'The class geometry of {checkpoint!r} is not initialised: the '
             'checkpoint was saved before the diffusion stage. Use a '
@@ -132,6 +132,9 @@ def extract_real_latents(model,
     """
     from mmengine.dataset import pseudo_collate
     from mmpretrain.registry import DATASETS
+    from torch.utils.data import DataLoader
+
+    from galddc_mm.engine.loops.latent_cache import extract_latents
 
     if encoder not in ENCODERS:
         raise ValueError(f'encoder must be one of {ENCODERS}, got '
@@ -139,22 +142,12 @@ def extract_real_latents(model,
     dataset_cfg = cfg.train_dataloader.dataset.copy()
     dataset_cfg.pipeline = cfg.test_dataloader.dataset.pipeline
     dataset = DATASETS.build(dataset_cfg)
-    latents, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = pseudo_collate([
-            dataset[i]
-            for i in range(start, min(start + batch_size, len(dataset)))
-        ])
-        data = model.data_preprocessor(batch, False)
-        inputs = data['inputs']
-        if encoder == 'frozen':
-            feats = model.encode_frozen(inputs)
-        else:
-            feats = model.extract_feat(inputs)[-1]
-        latents.append(feats.float().cpu())
-        labels.append(
-            torch.cat([ds.gt_label for ds in data['data_samples']]).cpu())
-    return torch.cat(latents), torch.cat(labels)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, collate_fn=pseudo_collate)
+    encode = None if encoder == 'frozen' else (
+        lambda inputs: model.extract_feat(inputs)[-1])
+    cache = extract_latents(model, loader, encode=encode)
+    return cache.latents.cpu(), cache.labels.cpu()
 
 
 @torch.no_grad()
@@ -171,17 +164,15 @@ def sample_generated_latents(model,
         chunk_size (int): Latents per sampler call. Defaults to 4096.
 
     Returns:
-        Tensor: Encoder-space latents ``(M, D)`` on the CPU, clamped as in
-        training (``model.feature_clamp_max``).
+        Tensor: Encoder-space latents ``(M, D)`` on the CPU, bounded as in
+        training (the diffusion head's ``feature_clamp_max``).
     """
     device = model.geometry.prototypes.device
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = labels.to(device)
     out = [
-        model.diffusion_head.sample(
-            labels[i:i + chunk_size],
-            clamp=model.feature_clamp_max,
-            generator=generator).float().cpu()
+        model.generate_latents(
+            labels[i:i + chunk_size], generator=generator).float().cpu()
         for i in range(0, labels.numel(), chunk_size)
     ]
     return torch.cat(out)

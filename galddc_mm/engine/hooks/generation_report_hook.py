@@ -6,12 +6,11 @@ from typing import Optional, Sequence
 import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
+from mmpretrain.utils import get_ori_model
 
-
-def _ori(module):
-    return module.module if is_model_wrapper(module) else module
+from galddc_mm.datasets.long_tail import class_bands
+from galddc_mm.models.classifiers.stages import DIFFUSION
 
 
 @HOOKS.register_module()
@@ -68,19 +67,25 @@ class GenerationReportHook(Hook):
         self.sampling = dict(sampling or {})
         self.seed = seed
 
+    def before_train(self, runner) -> None:
+        # Fail before training, not after stage 2, on a bad step count.
+        head = get_ori_model(get_ori_model(runner.model).diffusion_head)
+        head.check_sampling_steps(
+            self.sampling.get('num_steps'),
+            f'{type(self).__name__}.sampling.num_steps')
+
     def after_train_epoch(self, runner) -> None:
         loop = runner.train_loop
         if not hasattr(loop, 'stage_at'):
             return
         stage = loop.stage_at(runner.epoch)
-        if stage.name == 'diffusion' and runner.epoch + 1 == stage.end:
+        if stage.name == DIFFUSION and runner.epoch + 1 == stage.end:
             self.report(runner)
 
     @torch.no_grad()
     def generate(self, model) -> tuple:
         """Sample ``num_per_class`` latents for every valid class."""
         geometry = model.geometry
-        head = _ori(model.diffusion_head)
         device = geometry.prototypes.device
         classes = torch.nonzero(geometry.valid_mask).flatten()
         labels = classes.repeat_interleave(self.num_per_class).to(device)
@@ -90,10 +95,8 @@ class GenerationReportHook(Hook):
         torch.manual_seed(self.seed)
         try:
             latents = torch.cat([
-                head.sample(
-                    labels[i:i + self.chunk_size],
-                    clamp=model.feature_clamp_max,
-                    **self.sampling)
+                model.generate_latents(labels[i:i + self.chunk_size],
+                                       **self.sampling)
                 for i in range(0, labels.numel(), self.chunk_size)
             ])
         finally:
@@ -106,7 +109,7 @@ class GenerationReportHook(Hook):
     @torch.no_grad()
     def compute(self, model) -> dict:
         """The report as a dict (see the class docstring)."""
-        model = _ori(model)
+        model = get_ori_model(model)
         geometry = model.geometry
         latents, labels = self.generate(model)
         num_classes = geometry.counts.numel()
@@ -118,17 +121,17 @@ class GenerationReportHook(Hook):
         real_protos = getattr(geometry, 'real_prototypes',
                               geometry.prototypes)[classes]
         proto_dist = (centre - real_protos).norm(dim=-1)
-        logits = _ori(model.head)((latents, ))
+        logits = model.classify_latents(latents)
         correct = (logits.argmax(dim=1) == labels).float().view(-1, k)
         gen_acc = correct.mean(dim=1) * 100
 
         counts = geometry.counts[classes]
         head_mask = geometry.head_mask[classes]
+        bands = class_bands(counts.cpu().numpy(), self.many_thr, self.few_thr)
         per_class = []
         for i, c in enumerate(classes.tolist()):
             n = int(counts[i])
-            band = ('many' if n > self.many_thr else
-                    'few' if n < self.few_thr else 'medium')
+            band = str(bands[i])
             r_real = float(geometry.r_real[c])
             per_class.append(
                 dict(

@@ -3,8 +3,8 @@ import math
 from typing import Dict, Optional
 
 from mmengine.hooks import Hook, RuntimeInfoHook
-from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
+from mmpretrain.utils import get_ori_model
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,8 +91,7 @@ class NumericalGuardHook(Hook):
                  'and is intact; resume from it with --resume after the '
                  'fix.' if last else 'No checkpoint had been written yet.')
         hint = ''
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = get_ori_model(runner.model)
         if stage is not None and hasattr(model, 'trainable_parts'):
             parts = model.trainable_parts(stage.name, stage.mode)
             hint = (' This stage trains ' + ', '.join(parts) + ': lower '
@@ -101,7 +100,7 @@ class NumericalGuardHook(Hook):
                     'dict(max_norm=...))')
             if stage.name == 'diffusion':
                 hint += (', and bound the denoised estimates with '
-                         'model.feature_clamp_max')
+                         'model.diffusion_head.feature_clamp_max')
             hint += '.'
         return (f'Non-finite loss in {where}, epoch {runner.epoch + 1}, '
                 f'iteration {batch_idx + 1}{num_iters} (global iteration '

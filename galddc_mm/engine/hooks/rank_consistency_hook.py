@@ -7,8 +7,8 @@ from typing import Dict, Sequence
 import torch
 from mmengine.dist import all_gather_object, get_dist_info, is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
+from mmpretrain.utils import get_ori_model
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -52,7 +52,7 @@ class RankConsistencyHook(Hook):
 
     def digests(self, model) -> Dict[str, str]:
         """``{name: digest}`` of the checked tensors of this rank."""
-        model = model.module if is_model_wrapper(model) else model
+        model = get_ori_model(model)
         state = {}
         for name, tensor in model.state_dict(keep_vars=False).items():
             # Separate DDP wraps children: drop the wrappers' 'module.'.
@@ -94,11 +94,8 @@ class RankConsistencyHook(Hook):
         return not mismatched
 
     def after_train_epoch(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        geometry = getattr(model, 'geometry', None)
-        if self.every_epoch and geometry is not None and bool(
-                geometry.initialized):
+        model = get_ori_model(runner.model)
+        if self.every_epoch and getattr(model, 'geometry_ready', False):
             self.check(runner)
 
     def after_train(self, runner) -> None:
