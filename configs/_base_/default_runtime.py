@@ -22,8 +22,10 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     # Save a checkpoint every epoch, keep the last 3, and keep the best one
     # by validation top-1. Checkpoints are selected on val, never on test.
+    # mmengine's CheckpointHook, but a kill while it writes a checkpoint or
+    # `last_checkpoint` leaves the previous file intact (atomic writes).
     checkpoint=dict(
-        type='CheckpointHook',
+        type='AtomicCheckpointHook',
         interval=1,
         max_keep_ckpts=3,
         save_best='accuracy/top1',

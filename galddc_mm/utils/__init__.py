@@ -1,6 +1,8 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 from .checkpoint_safety import (
+    AtomicLocalBackend,
     DamagedCheckpointError,
+    atomic_destination,
     atomic_torch_save,
     checkpoint_damage,
     find_resumable_checkpoint,
@@ -20,7 +22,8 @@ from .final_metrics import (
 from .work_dir import WorkDir, load_per_class_accuracy
 
 __all__ = [
-    'DamagedCheckpointError', 'atomic_torch_save', 'checkpoint_damage',
+    'AtomicLocalBackend', 'DamagedCheckpointError', 'atomic_destination',
+    'atomic_torch_save', 'checkpoint_damage',
     'find_resumable_checkpoint', 'UnsafeCheckpointError', 'apply_patches',
     'checkpoint_safe_globals',
     'collect_split_metrics', 'dump_final_metrics', 'format_metrics_table',

@@ -28,24 +28,15 @@ Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
    that nothing from the file was executed; ``_load_checkpoint`` (used by
    ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')``)
    translates the same refusal coming from any other URI scheme.
-2. **Crash-safe checkpoint files** (:mod:`.checkpoint_safety`). mmengine
-   0.10.7 writes a checkpoint in place (``Runner.save_checkpoint`` ->
-   ``mmengine.runner.checkpoint.save_checkpoint`` -> ``torch.save`` into a
-   buffer -> ``LocalBackend.put``: ``open(path, 'wb')``, ``write``) and so
-   the ``CheckpointHook``'s ``last_checkpoint`` pointer (``open(path,
-   'w')``); a kill during either write leaves a truncated file under the
-   final name. Three names are rebound, each only for local files:
-   ``save_checkpoint`` (in ``mmengine.runner.checkpoint``,
-   ``mmengine.runner.runner`` and ``mmengine.runner``, which imported it by
-   name) writes a temporary file, ``fsync``-s it and renames it into place;
-   the ``open`` global of ``mmengine.hooks.checkpoint_hook`` (used there
-   for the pointer only) does the same for the pointer; and
+2. **Resume past a damaged checkpoint** (:mod:`.checkpoint_safety`).
    ``find_latest_checkpoint`` in ``mmengine.runner.runner`` (auto
-   ``--resume``) skips a damaged latest checkpoint for the previous one,
-   with a warning naming both. Local loads (``load_from``, ``--resume
-   path``) check the file's zip CRCs first and raise
-   :class:`DamagedCheckpointError` instead of torch's obscure miniz error
-   (or, for a CRC mismatch, silently wrong tensors).
+   ``--resume``) is rebound to a function that skips a damaged latest
+   checkpoint for the previous one, with a warning naming both. Local
+   loads (``load_from``, ``--resume path``) check the file's zip CRCs
+   first and raise :class:`DamagedCheckpointError` instead of torch's
+   obscure miniz error (or, for a CRC mismatch, silently wrong tensors).
+   Checkpoint files themselves are written atomically by the registered
+   ``AtomicCheckpointHook`` (``default_hooks.checkpoint`` of the configs).
 3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
    missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
    no model here uses) and setuptools' ``pkg_resources`` deprecation notice
@@ -59,7 +50,6 @@ import re
 import warnings
 from typing import Any, Callable, List, Optional
 
-import mmengine.hooks.checkpoint_hook as mmengine_checkpoint_hook
 import mmengine.runner as mmengine_runner
 import mmengine.runner.checkpoint as mmengine_checkpoint
 import mmengine.runner.runner as mmengine_runner_module
@@ -69,9 +59,7 @@ from mmengine.logging import HistoryBuffer, print_log
 
 from .checkpoint_safety import (
     DamagedCheckpointError,
-    atomic_save_checkpoint,
     checkpoint_damage,
-    checkpoint_hook_open,
     find_resumable_checkpoint,
 )
 
@@ -339,15 +327,8 @@ def _patch_checkpoint_loading() -> None:
                 module._load_checkpoint = wrapped
 
 
-def _patch_checkpoint_saving() -> None:
-    """Atomic checkpoint and pointer writes, resume past damaged files."""
-    for module in (mmengine_checkpoint, mmengine_runner_module,
-                   mmengine_runner):
-        if hasattr(module, 'save_checkpoint'):
-            module.save_checkpoint = atomic_save_checkpoint
-    # The hook's only ``open`` call writes the pointer; a module global
-    # shadows the builtin for that module alone.
-    mmengine_checkpoint_hook.open = checkpoint_hook_open
+def _patch_resume() -> None:
+    """Auto ``--resume`` falls back past a damaged latest checkpoint."""
     # ``Runner.load_or_resume`` looks the name up in its own module.
     mmengine_runner_module.find_latest_checkpoint = find_resumable_checkpoint
 
@@ -381,7 +362,7 @@ def apply_patches() -> None:
         return
     _silence_known_warnings()
     _patch_checkpoint_loading()
-    _patch_checkpoint_saving()
+    _patch_resume()
     _PATCHED = True
 
 
