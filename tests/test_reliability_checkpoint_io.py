@@ -3,8 +3,8 @@
 
 The writes are tested where they happen: mmengine's ``save_checkpoint``
 with the atomic file backend, and ``AtomicCheckpointHook`` (checkpoints,
-``best_*`` files and the ``last_checkpoint`` pointer) on a tiny Runner.
-The end-to-end side
+``best_*`` files and the ``last_checkpoint`` pointer) on a tiny Runner;
+the fallback through ``GALDDCRunner``'s auto resume. The end-to-end side
 (a process SIGKILLed while writing a checkpoint, a truncated latest
 checkpoint and ``--resume``) is in ``test_reliability_training.py``.
 """
@@ -25,7 +25,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from toy_runner import toy_runner
 
 import galddc_mm  # noqa: F401  (registers the backend, hooks and loaders)
-from galddc_mm.engine import AtomicCheckpointHook
+from galddc_mm.engine import AtomicCheckpointHook, GALDDCRunner
 from galddc_mm.utils import (
     DamagedCheckpointError,
     atomic_destination,
@@ -375,3 +375,47 @@ class TestResumeFallback(TestCase):
         self.assertTrue(osp.exists(keep))
         self.assertIn('a checkpoint write interrupted by a kill', log)
 
+
+class TestRunnerAutoResume(TestCase):
+    """``GALDDCRunner`` with ``resume=True`` and no ``load_from``."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        toy_runner(
+            self.tmp, max_epochs=3, runner_cls=GALDDCRunner,
+            default_hooks=dict(checkpoint=dict(
+                type='AtomicCheckpointHook', interval=1))).train()
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def _resume(self):
+        runner = toy_runner(
+            self.tmp, max_epochs=3, runner_cls=GALDDCRunner, resume=True)
+        with self.assertLogs(runner.logger, 'INFO') as logs:
+            runner.load_or_resume()
+        return runner, '\n'.join(logs.output)
+
+    def test_falls_back_past_a_truncated_latest_checkpoint(self):
+        _truncate(osp.join(self.tmp, 'epoch_3.pth'))
+        runner, log = self._resume()
+        self.assertRegex(
+            log, r'WARNING.*Cannot resume from the latest checkpoint: '
+            r'.*epoch_3\.pth: it is truncated.*Resuming from the previous '
+            r'checkpoint .*epoch_2\.pth instead')
+        self.assertEqual(runner.epoch, 2)
+
+    def test_intact_latest_checkpoint(self):
+        runner, log = self._resume()
+        self.assertNotIn('Cannot resume', log)
+        self.assertIn('Auto resumed from the latest checkpoint', log)
+        self.assertEqual(runner.epoch, 3)
+
+    def test_mmengine_runner_unchanged(self):
+        # Plain mmengine Runner: the truncated file goes to the loader,
+        # which refuses it (no fallback without GALDDCRunner).
+        _truncate(osp.join(self.tmp, 'epoch_3.pth'))
+        runner = toy_runner(self.tmp, max_epochs=3, resume=True)
+        with self.assertRaisesRegex(DamagedCheckpointError, 'epoch_3'):
+            runner.load_or_resume()

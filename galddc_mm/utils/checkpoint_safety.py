@@ -6,7 +6,8 @@ checkpoint. mmengine 0.10.7 writes checkpoints and the ``last_checkpoint``
 pointer in place (``open(path, 'wb')`` then ``write``), so a kill at the
 wrong moment leaves a truncated file under the final name, and
 ``--resume`` then fails on it. This module provides the pieces that the
-registered :class:`~galddc_mm.engine.hooks.AtomicCheckpointHook` uses:
+registered :class:`~galddc_mm.engine.hooks.AtomicCheckpointHook` and
+:class:`~galddc_mm.engine.runner.GALDDCRunner` use:
 
 - :func:`atomic_destination`: a temporary file in the folder of the
   destination that, once written, is ``fsync``-ed and renamed over the
@@ -25,9 +26,8 @@ registered :class:`~galddc_mm.engine.hooks.AtomicCheckpointHook` uses:
   directory and a damaged one fails a CRC. ``torch.load`` verifies
   neither: it fails obscurely on the first and silently loads wrong
   tensors from the second.
-- :func:`find_resumable_checkpoint`: a drop-in for mmengine's
-  ``find_latest_checkpoint`` (auto ``--resume``, still installed by
-  :mod:`galddc_mm.utils.compat`) that falls back to the previous
+- :func:`find_resumable_checkpoint`: what auto ``--resume`` uses instead
+  of mmengine's ``find_latest_checkpoint``: it falls back to the previous
   checkpoint, with a warning naming both files, when the latest one is
   damaged.
 """
@@ -260,7 +260,9 @@ def _remove_stale_temp_files(folder: str) -> None:
 def find_resumable_checkpoint(path: str) -> Optional[str]:
     """The newest intact checkpoint of a work dir, for auto ``--resume``.
 
-    Drop-in for mmengine's ``find_latest_checkpoint``: reads the
+    Used by :meth:`GALDDCRunner.load_or_resume
+    <galddc_mm.engine.runner.GALDDCRunner.load_or_resume>` where mmengine
+    calls ``find_latest_checkpoint``: reads the
     ``last_checkpoint`` pointer of ``path`` (None, as mmengine, when there
     is none: the run starts from scratch). If the checkpoint it names is
     missing or damaged (:func:`checkpoint_damage`), the regular checkpoints

@@ -28,15 +28,13 @@ Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
    that nothing from the file was executed; ``_load_checkpoint`` (used by
    ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')``)
    translates the same refusal coming from any other URI scheme.
-2. **Resume past a damaged checkpoint** (:mod:`.checkpoint_safety`).
-   ``find_latest_checkpoint`` in ``mmengine.runner.runner`` (auto
-   ``--resume``) is rebound to a function that skips a damaged latest
-   checkpoint for the previous one, with a warning naming both. Local
-   loads (``load_from``, ``--resume path``) check the file's zip CRCs
-   first and raise :class:`DamagedCheckpointError` instead of torch's
-   obscure miniz error (or, for a CRC mismatch, silently wrong tensors).
-   Checkpoint files themselves are written atomically by the registered
-   ``AtomicCheckpointHook`` (``default_hooks.checkpoint`` of the configs).
+2. **Damaged checkpoint files** (:mod:`.checkpoint_safety`). Local loads
+   (``load_from``, ``--resume path``) check the file's zip CRCs first and
+   raise :class:`DamagedCheckpointError` instead of torch's obscure miniz
+   error (or, for a CRC mismatch, silently wrong tensors). Checkpoint
+   files are written atomically by the registered
+   ``AtomicCheckpointHook``, and ``GALDDCRunner`` resumes past a damaged
+   latest checkpoint (both selected by the configs).
 3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
    missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
    no model here uses) and setuptools' ``pkg_resources`` deprecation notice
@@ -57,11 +55,7 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
 
-from .checkpoint_safety import (
-    DamagedCheckpointError,
-    checkpoint_damage,
-    find_resumable_checkpoint,
-)
+from .checkpoint_safety import DamagedCheckpointError, checkpoint_damage
 
 try:  # numpy>=2 moved ``numpy.core`` to ``numpy._core``
     from numpy._core import multiarray as _np_multiarray
@@ -327,12 +321,6 @@ def _patch_checkpoint_loading() -> None:
                 module._load_checkpoint = wrapped
 
 
-def _patch_resume() -> None:
-    """Auto ``--resume`` falls back past a damaged latest checkpoint."""
-    # ``Runner.load_or_resume`` looks the name up in its own module.
-    mmengine_runner_module.find_latest_checkpoint = find_resumable_checkpoint
-
-
 def _silence_known_warnings() -> None:
     """Filter two harmless warnings of the pinned stack, by exact text.
 
@@ -362,7 +350,6 @@ def apply_patches() -> None:
         return
     _silence_known_warnings()
     _patch_checkpoint_loading()
-    _patch_resume()
     _PATCHED = True
 
 
