@@ -38,6 +38,10 @@ default_hooks = dict(
     # the poisoned weights are checkpointed (galddc_mm's hook; disable with
     # default_hooks.numerical_guard=None).
     numerical_guard=dict(type='NumericalGuardHook'),
+    # At the end of a run, log the final metrics (top-1, many/medium/few)
+    # as one table and write them to <work_dir>/<timestamp>/
+    # final_metrics.json (galddc_mm's hook; also under MMPretrain's tools).
+    final_metrics=dict(type='FinalMetricsHook'),
 )
 
 env_cfg = dict(
