@@ -266,6 +266,40 @@ class TestOtherLoadPaths(TestCase):
         self.assertNotIn('weights_only=False', str(ctx.exception))
         self.assertFalse(osp.exists(self.marker))
 
+    def _hub_cache(self):
+        """``$TORCH_HOME`` whose torch.hub cache holds ``evil.pth``."""
+        home = osp.join(self.tmp, 'torch_home')
+        os.makedirs(osp.join(home, 'hub', 'checkpoints'))
+        os.rename(self.evil,
+                  osp.join(home, 'hub', 'checkpoints', 'evil.pth'))
+        return mock.patch.dict(os.environ, TORCH_HOME=home)
+
+    def test_download_is_loaded_weights_only(self):
+        # mmengine loads http:// (and torchvision://, mmcls://) downloads
+        # with torch.hub.load_state_dict_from_url, weights_only=False by
+        # default. A file already in the hub cache is not downloaded again,
+        # so the test needs no network.
+        url = 'http://example.invalid/evil.pth'
+        before = os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD')
+        with self._hub_cache(), self.assertRaisesRegex(
+                UnsafeCheckpointError,
+                r"'http://example\.invalid/evil\.pth'.*posix\.system.*"
+                r'Nothing from the file was executed'):
+            _load_checkpoint(url)
+        self.assertFalse(osp.exists(self.marker))
+        # The override lasted for the load only.
+        self.assertEqual(os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD'),
+                         before)
+
+    def test_user_opt_out_of_weights_only(self):
+        # The user's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD wins (torch would
+        # refuse both variables at once): the trusted download loads.
+        torch.save({'state_dict': OrderedDict(w=torch.ones(2))}, self.evil)
+        with self._hub_cache(), mock.patch.dict(
+                os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'):
+            ckpt = _load_checkpoint('https://example.invalid/evil.pth')
+        torch.testing.assert_close(ckpt['state_dict']['w'], torch.ones(2))
+
 
 class TestMaliciousCheckpointThroughTools(TestCase):
     """``load_from`` and ``--resume`` of tools/train.py refuse the file."""

@@ -33,19 +33,27 @@ attribute of mmengine is rebound:
    and states that nothing from the file was executed.
 3. The handlers of the other schemes registered at that moment
    (``http://``, ``torchvision://``, ``open-mmlab://``, ...; they call
-   ``torch.load`` themselves) are registered again, wrapped so that the
-   same refusal raises :class:`UnsafeCheckpointError` instead of torch's
-   message, which advises ``weights_only=False``.
+   ``torch.load`` themselves) are registered again, wrapped so that their
+   loads are weights-only too and the same refusal raises
+   :class:`UnsafeCheckpointError` instead of torch's message, which
+   advises ``weights_only=False``. (mmengine downloads ``http://``,
+   ``torchvision://``, ``mmcls://`` and URL ``open-mmlab://`` checkpoints
+   with ``torch.hub.load_state_dict_from_url``, whose ``weights_only``
+   defaults to False: unwrapped, a malicious download runs on load. The
+   wrapper sets torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the call,
+   unless the user opted out with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.)
 
 ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')`` all
 load through ``CheckpointLoader``, so all three refuse a malicious file
 without running any of it.
 """
 import functools
+import os
 import os.path as osp
 import pickle
 import re
-from typing import Any, Callable, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -272,15 +280,45 @@ def load_from_local(filename: str, map_location: Optional[Any] = None):
     return safe_torch_load(filename, map_location=map_location)
 
 
+_FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
+_FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+
+
+@contextmanager
+def _weights_only_forced() -> Iterator[None]:
+    """Make every ``torch.load`` in the block weights-only.
+
+    torch reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` at each ``torch.load``
+    call and then ignores an explicit ``weights_only=False`` (torch.hub's
+    default). The variable is restored afterwards. A user who set
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` has opted out: torch would refuse
+    both at once, and the choice is theirs.
+    """
+    if os.environ.get(_FORCE_NO_WEIGHTS_ONLY, '0').lower() in ('1', 'y',
+                                                               'yes', 'true'):
+        yield
+        return
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = '1'
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
 def _translating_refusals(loader: Callable) -> Callable:
-    """Wrap a scheme handler so that a weights-only refusal is clear.
+    """Wrap a scheme handler: weights-only loads and a clear refusal.
 
     Args:
         loader (Callable): A handler of ``CheckpointLoader``, called as
             ``loader(filename, map_location)``.
 
     Returns:
-        Callable: The same handler, raising :class:`UnsafeCheckpointError`
+        Callable: The same handler, loading with ``weights_only=True`` even
+        where it asks for less, and raising :class:`UnsafeCheckpointError`
         (or a plain ``UnpicklingError`` saying the file is damaged) instead
         of torch's weights-only failure. ``__name__`` is kept: mmengine
         logs it as the backend's name.
@@ -289,7 +327,8 @@ def _translating_refusals(loader: Callable) -> Callable:
     @functools.wraps(loader)
     def handler(filename, map_location=None, *args, **kwargs):
         try:
-            return loader(filename, map_location, *args, **kwargs)
+            with _weights_only_forced():
+                return loader(filename, map_location, *args, **kwargs)
         except UnsafeCheckpointError:
             raise
         except pickle.UnpicklingError as err:
