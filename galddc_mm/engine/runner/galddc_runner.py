@@ -27,7 +27,6 @@ class GALDDCRunner(Runner):
       :func:`~galddc_mm.utils.checkpoint_safety.find_resumable_checkpoint`);
       mmengine's ``find_latest_checkpoint`` would hand the truncated file
       to the loader, and the run could not resume at all.
-
     - ``torchrun`` on a machine without an accelerator starts a gloo group
       instead of failing on ``torch.cuda.set_device`` (see
       :func:`~galddc_mm.engine.runner.process_group.init_process_group`).
