@@ -1,12 +1,17 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""galddc_mm.utils.compat: safe checkpoint loading and CPU ``torchrun``."""
+"""Checkpoint loading under torch>=2.6's ``weights_only=True``.
+
+``galddc_mm.utils.safe_loading``: the allow-list of mmengine's checkpoint
+content, the clear refusal of anything else (directly, through mmengine's
+loaders, ``Pretrained`` init and the tools), and the warning filters.
+"""
 import os
 import os.path as osp
 import pickle
 import tempfile
 import zipfile
 from collections import OrderedDict
-from unittest import TestCase
+from unittest import TestCase, mock
 
 import numpy as np
 import torch
@@ -15,10 +20,15 @@ from conftest import DIGITS_CONFIG, run_tool
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
-from torch.utils.data import Dataset
+from toy_runner import ToyModel, ToySet
 
-import galddc_mm  # noqa: F401  (applies the patches)
-from galddc_mm.utils import UnsafeCheckpointError, compat
+import galddc_mm  # noqa: F401  (registers the safe loaders)
+from galddc_mm.utils import (
+    UnsafeCheckpointError,
+    safe_torch_load,
+    silence_known_warnings,
+)
+from galddc_mm.utils.safe_loading import _history_buffer_getattr
 
 
 class _Payload:
@@ -47,48 +57,13 @@ def save_malicious(path, marker):
         }, path)
 
 
-class _ToyModel(nn.Module):
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(2, 2)
-
-    def forward(self, inputs, data_samples=None, mode='tensor'):
-        # The Runner moves the model to the GPU when there is one.
-        out = self.linear(torch.stack(inputs).to(self.linear.weight.device))
-        if mode == 'loss':
-            return dict(loss=out.pow(2).mean())
-        return [dict(pred=o) for o in out]
-
-    # mmengine's Runner wants a BaseModel-like interface.
-    def train_step(self, data, optim_wrapper):
-        with optim_wrapper.optim_context(self):
-            losses = self(**data, mode='loss')
-        optim_wrapper.update_params(losses['loss'])
-        return dict(loss=losses['loss'].detach())
-
-    def val_step(self, data):
-        return self(**data, mode='predict')
-
-    test_step = val_step
-
-
-class _ToySet(Dataset):
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return dict(inputs=torch.full((2, ), float(i)))
-
-
 def write_runner_checkpoint(work_dir):
     """Train a toy model 1 epoch with mmengine's Runner; return the ckpt."""
     runner = Runner(
-        model=_ToyModel(),
+        model=ToyModel(),
         work_dir=work_dir,
         train_dataloader=dict(
-            dataset=_ToySet(),
+            dataset=ToySet(),
             sampler=dict(type='DefaultSampler', shuffle=True),
             batch_size=4,
             num_workers=0),
@@ -142,10 +117,10 @@ class TestSafeCheckpointLoading(TestCase):
         ckpt = _load_checkpoint(self.ckpt, map_location='cpu')
         self.assertEqual(ckpt['meta']['iter'], 2)
         runner = Runner(
-            model=_ToyModel(),
+            model=ToyModel(),
             work_dir=osp.join(self.tmp, 'resume'),
             train_dataloader=dict(
-                dataset=_ToySet(),
+                dataset=ToySet(),
                 sampler=dict(type='DefaultSampler', shuffle=True),
                 batch_size=4,
                 num_workers=0),
@@ -181,7 +156,7 @@ class TestSafeCheckpointLoading(TestCase):
         path = osp.join(self.tmp, 'evil.pth')
         save_malicious(path, marker)
         for load in (lambda: _load_checkpoint(path),
-                     lambda: compat.safe_torch_load(path)):
+                     lambda: safe_torch_load(path)):
             with self.assertRaisesRegex(
                     UnsafeCheckpointError,
                     r'Refused to load checkpoint .*evil\.pth.*'
@@ -201,11 +176,11 @@ class TestSafeCheckpointLoading(TestCase):
                                     r"getattr\(.*HistoryBuffer.*'__init__'\)"
                                     r' is not allowed'):
             _load_checkpoint(path)
-        self.assertIs(compat._history_buffer_getattr(HistoryBuffer, 'mean'),
+        self.assertIs(_history_buffer_getattr(HistoryBuffer, 'mean'),
                       HistoryBuffer.mean)
         with self.assertRaisesRegex(pickle.UnpicklingError,
                                     'is not allowed'):
-            compat._history_buffer_getattr(os, 'system')
+            _history_buffer_getattr(os, 'system')
 
     def test_numpy1_module_paths(self):
         # numpy<2 wrote ``numpy.core.multiarray``; the aliases accept it.
@@ -240,6 +215,90 @@ class TestSafeCheckpointLoading(TestCase):
         self.assertIn('posix.system, a.b', str(err))
         self.assertNotIn('weights_only=False', str(err))
         self.assertIsInstance(err, pickle.UnpicklingError)
+
+
+class TestOtherLoadPaths(TestCase):
+    """Refusal through ``Pretrained`` init and the other URI schemes."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        self.marker = osp.join(self.tmp, 'pwned')
+        self.evil = osp.join(self.tmp, 'evil.pth')
+        save_malicious(self.evil, self.marker)
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_pretrained_init_cfg(self):
+        from mmengine.model import BaseModule
+
+        class Net(BaseModule):
+
+            def __init__(self, init_cfg):
+                super().__init__(init_cfg=init_cfg)
+                self.linear = nn.Linear(2, 2)
+
+        net = Net(init_cfg=dict(type='Pretrained', checkpoint=self.evil))
+        with self.assertRaisesRegex(
+                UnsafeCheckpointError,
+                r'evil\.pth.*posix\.system.*Nothing from the file was '
+                r'executed'):
+            net.init_weights()
+        self.assertFalse(osp.exists(self.marker))
+
+    def test_refusal_of_another_scheme_is_translated(self):
+        # ``open-mmlab://NAME`` resolves NAME through the user's
+        # ``$MMENGINE_HOME/open_mmlab.json``; a relative path there is a
+        # file of that folder, which mmengine's handler ``torch.load``s
+        # itself (torch's own message would advise weights_only=False).
+        home = osp.join(self.tmp, 'home')
+        os.makedirs(home)
+        os.rename(self.evil, osp.join(home, 'evil.pth'))
+        with open(osp.join(home, 'open_mmlab.json'), 'w') as f:
+            f.write('{"evil_net": "evil.pth"}')
+        with mock.patch.dict(os.environ, MMENGINE_HOME=home), \
+                self.assertRaisesRegex(
+                    UnsafeCheckpointError,
+                    r"'open-mmlab://evil_net'.*posix\.system.*Nothing from "
+                    r'the file was executed') as ctx:
+            _load_checkpoint('open-mmlab://evil_net')
+        self.assertNotIn('weights_only=False', str(ctx.exception))
+        self.assertFalse(osp.exists(self.marker))
+
+    def _hub_cache(self):
+        """``$TORCH_HOME`` whose torch.hub cache holds ``evil.pth``."""
+        home = osp.join(self.tmp, 'torch_home')
+        os.makedirs(osp.join(home, 'hub', 'checkpoints'))
+        os.rename(self.evil,
+                  osp.join(home, 'hub', 'checkpoints', 'evil.pth'))
+        return mock.patch.dict(os.environ, TORCH_HOME=home)
+
+    def test_download_is_loaded_weights_only(self):
+        # mmengine loads http:// (and torchvision://, mmcls://) downloads
+        # with torch.hub.load_state_dict_from_url, weights_only=False by
+        # default. A file already in the hub cache is not downloaded again,
+        # so the test needs no network.
+        url = 'http://example.invalid/evil.pth'
+        before = os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD')
+        with self._hub_cache(), self.assertRaisesRegex(
+                UnsafeCheckpointError,
+                r"'http://example\.invalid/evil\.pth'.*posix\.system.*"
+                r'Nothing from the file was executed'):
+            _load_checkpoint(url)
+        self.assertFalse(osp.exists(self.marker))
+        # The override lasted for the load only.
+        self.assertEqual(os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD'),
+                         before)
+
+    def test_user_opt_out_of_weights_only(self):
+        # The user's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD wins (torch would
+        # refuse both variables at once): the trusted download loads.
+        torch.save({'state_dict': OrderedDict(w=torch.ones(2))}, self.evil)
+        with self._hub_cache(), mock.patch.dict(
+                os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1'):
+            ckpt = _load_checkpoint('https://example.invalid/evil.pth')
+        torch.testing.assert_close(ckpt['state_dict']['w'], torch.ones(2))
 
 
 class TestMaliciousCheckpointThroughTools(TestCase):
@@ -288,7 +347,7 @@ class TestWarningFilter(TestCase):
         import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            compat._silence_known_warnings()
+            silence_known_warnings()
             # Same text, from the module that issues it: filtered.
             warnings.warn_explicit(
                 'Fail to import ``MultiScaleDeformableAttention`` from '

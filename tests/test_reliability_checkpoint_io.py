@@ -1,9 +1,12 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """Crash-safe checkpoint files: atomic writes, integrity, resume fallback.
 
-The end-to-end side (a process SIGKILLed while writing a checkpoint, a
-truncated latest checkpoint and ``--resume``) is in
-``test_reliability_training.py``.
+The writes are tested where they happen: mmengine's ``save_checkpoint``
+with the atomic file backend, and ``AtomicCheckpointHook`` (checkpoints,
+``best_*`` files and the ``last_checkpoint`` pointer) on a tiny Runner;
+the fallback through ``GALDDCRunner``'s auto resume. The end-to-end side
+(a process SIGKILLed while writing a checkpoint, a truncated latest
+checkpoint and ``--resume``) is in ``test_reliability_training.py``.
 """
 import glob
 import io
@@ -14,22 +17,26 @@ import tempfile
 from collections import OrderedDict
 from unittest import TestCase, mock
 
-import mmengine.hooks.checkpoint_hook as checkpoint_hook
 import mmengine.runner.checkpoint as mmengine_checkpoint
-import mmengine.runner.runner as mmengine_runner
 import torch
 from mmengine.fileio import LocalBackend
 from mmengine.logging import MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
+from toy_runner import toy_runner
 
-import galddc_mm  # noqa: F401  (installs the patches)
+import galddc_mm  # noqa: F401  (registers the backend, hooks and loaders)
+from galddc_mm.engine import AtomicCheckpointHook, GALDDCRunner
 from galddc_mm.utils import (
     DamagedCheckpointError,
+    atomic_destination,
     atomic_torch_save,
     checkpoint_damage,
     find_resumable_checkpoint,
 )
-from galddc_mm.utils.checkpoint_safety import AtomicTextWriter
+from galddc_mm.utils.checkpoint_safety import ATOMIC_LOCAL_BACKEND
+
+# What the hook passes to ``Runner.save_checkpoint`` for a local out_dir.
+ATOMIC = dict(backend=ATOMIC_LOCAL_BACKEND)
 
 REAL_SAVE = torch.save
 
@@ -95,19 +102,10 @@ class TestAtomicWrites(TestCase):
     def _temp_files(self):
         return glob.glob(osp.join(self.tmp, '.*.tmp'))
 
-    def test_mmengine_names_are_rebound(self):
-        from galddc_mm.utils import checkpoint_safety
-        for module in (mmengine_checkpoint, mmengine_runner):
-            self.assertIs(module.save_checkpoint,
-                          checkpoint_safety.atomic_save_checkpoint)
-        self.assertIs(mmengine_runner.find_latest_checkpoint,
-                      find_resumable_checkpoint)
-        self.assertIs(checkpoint_hook.open,
-                      checkpoint_safety.checkpoint_hook_open)
-
     def test_save_checkpoint_round_trip(self):
         path = osp.join(self.tmp, 'sub', 'epoch_1.pth')
-        mmengine_checkpoint.save_checkpoint(_ckpt(1), path)
+        mmengine_checkpoint.save_checkpoint(_ckpt(1), path,
+                                            backend_args=ATOMIC)
         self.assertEqual(_load_checkpoint(path)['meta']['epoch'], 1)
         self.assertEqual(self._temp_files(), [])
         # Permissions follow the umask, as a plain open() would.
@@ -118,12 +116,14 @@ class TestAtomicWrites(TestCase):
 
     def test_interrupted_save_keeps_the_old_file(self):
         path = osp.join(self.tmp, 'epoch_1.pth')
-        mmengine_checkpoint.save_checkpoint(_ckpt(1), path)
+        mmengine_checkpoint.save_checkpoint(_ckpt(1), path,
+                                            backend_args=ATOMIC)
         with open(path, 'rb') as f:
             before = f.read()
         patch_save, patch_put = _dying_writes()
         with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
-            mmengine_checkpoint.save_checkpoint(_ckpt(2), path)
+            mmengine_checkpoint.save_checkpoint(_ckpt(2), path,
+                                                backend_args=ATOMIC)
         with open(path, 'rb') as f:
             self.assertEqual(f.read(), before)
         self.assertEqual(self._temp_files(), [])
@@ -134,25 +134,115 @@ class TestAtomicWrites(TestCase):
             atomic_torch_save(_ckpt(2), fresh)
         self.assertFalse(osp.exists(fresh))
 
-    def test_pointer_written_atomically(self):
+    def test_text_written_atomically(self):
         pointer = osp.join(self.tmp, 'last_checkpoint')
-        # The CheckpointHook's own call: open(save_file, 'w').
-        with checkpoint_hook.open(pointer, 'w') as f:
+        with atomic_destination(pointer) as tmp, open(tmp, 'w') as f:
             f.write('/a/epoch_1.pth')
         with self.assertRaises(KeyboardInterrupt):
-            with checkpoint_hook.open(pointer, 'w') as f:
+            with atomic_destination(pointer) as tmp, open(tmp, 'w') as f:
                 f.write('/a/epoch_2')  # killed mid-write
                 raise KeyboardInterrupt
         with open(pointer) as f:
             self.assertEqual(f.read(), '/a/epoch_1.pth')
         self.assertEqual(self._temp_files(), [])
-        # Every other open() of that module is the builtin one.
-        other = osp.join(self.tmp, 'other.txt')
-        with checkpoint_hook.open(other, 'w') as f:
-            self.assertNotIsInstance(f, AtomicTextWriter)
-            f.write('x')
-        with checkpoint_hook.open(other) as f:
-            self.assertEqual(f.read(), 'x')
+
+    def test_mmengine_writer_unchanged(self):
+        # Only the backend asked for by name writes atomically: mmengine's
+        # save_checkpoint without it still writes in place.
+        path = osp.join(self.tmp, 'epoch_1.pth')
+        patch_save, patch_put = _dying_writes()
+        with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
+            mmengine_checkpoint.save_checkpoint(_ckpt(1), path)
+        self.assertTrue(osp.exists(path))
+
+
+class TestAtomicCheckpointHook(TestCase):
+    """The registered hook on a tiny Runner: 2 epochs, best by top-1."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def _train(self, epochs=1, **hook_args):
+        hook = dict(type='AtomicCheckpointHook', interval=1, **hook_args)
+        runner = toy_runner(
+            self.tmp,
+            max_epochs=epochs,
+            default_hooks=dict(checkpoint=hook))
+        runner.train()
+        hook = [h for h in runner.hooks
+                if isinstance(h, AtomicCheckpointHook)][0]
+        return runner, hook
+
+    def _pointer(self):
+        with open(osp.join(self.tmp, 'last_checkpoint')) as f:
+            return osp.basename(f.read())
+
+    def _temp_files(self):
+        return glob.glob(osp.join(self.tmp, '.*.tmp'))
+
+    def test_writes_checkpoints_best_and_pointer(self):
+        _, hook = self._train(
+            epochs=2, save_best='accuracy/top1', rule='greater')
+        self.assertEqual(hook.backend_args, ATOMIC)
+        self.assertEqual(self._pointer(), 'epoch_2.pth')
+        for name in ('epoch_1.pth', 'epoch_2.pth',
+                     'best_accuracy_top1_epoch_1.pth'):
+            ckpt = _load_checkpoint(osp.join(self.tmp, name))
+            self.assertIn('linear.weight', ckpt['state_dict'])
+        self.assertEqual(self._temp_files(), [])
+
+    def test_interrupted_writes_keep_the_previous_files(self):
+        runner, hook = self._train(save_best='accuracy/top1', rule='greater')
+        with open(osp.join(self.tmp, 'epoch_1.pth'), 'rb') as f:
+            before = f.read()
+        # The next epoch's checkpoint dies while its bytes are written.
+        patch_save, patch_put = _dying_writes()
+        with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
+            hook._save_checkpoint_with_step(runner, 2, dict(epoch=2))
+        self.assertFalse(osp.exists(osp.join(self.tmp, 'epoch_2.pth')))
+        self.assertEqual(self._pointer(), 'epoch_1.pth')
+        # So does a best checkpoint. (mmengine removes the previous best
+        # file before it writes the new one, under a new name; here the
+        # name is the same, epoch 1's, to see that it survives.)
+        best = osp.join(self.tmp, 'best_accuracy_top1_epoch_1.pth')
+        with open(best, 'rb') as f:
+            best_before = f.read()
+        hook.best_ckpt_path = None
+        runner.message_hub.update_info('best_score', 0.)
+        patch_save, patch_put = _dying_writes()
+        with patch_save, patch_put, self.assertRaises(KeyboardInterrupt):
+            hook.after_val_epoch(runner, {'accuracy/top1': 80.})
+        with open(best, 'rb') as f:
+            self.assertEqual(f.read(), best_before)
+        with open(osp.join(self.tmp, 'epoch_1.pth'), 'rb') as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(self._temp_files(), [])
+
+    def test_pointer_replaced_only_when_complete(self):
+        runner, hook = self._train()
+        real_replace = os.replace
+
+        def killed_before_pointer_rename(src, dst):
+            if osp.basename(dst) == 'last_checkpoint':
+                raise KeyboardInterrupt('killed')
+            return real_replace(src, dst)
+
+        with mock.patch('os.replace', killed_before_pointer_rename), \
+                self.assertRaises(KeyboardInterrupt):
+            hook._save_checkpoint_with_step(runner, 2, dict(epoch=2))
+        # The checkpoint is complete, the pointer still names the old one.
+        self.assertTrue(osp.exists(osp.join(self.tmp, 'epoch_2.pth')))
+        self.assertEqual(self._pointer(), 'epoch_1.pth')
+
+    def test_explicit_backend_keeps_mmengine_writer(self):
+        _, hook = self._train(backend_args=dict(backend='local'))
+        self.assertEqual(hook.backend_args, dict(backend='local'))
+        self.assertIs(type(hook.file_backend), LocalBackend)
+        self.assertEqual(self._pointer(), 'epoch_1.pth')
 
 
 class TestCheckpointIntegrity(TestCase):
@@ -284,3 +374,48 @@ class TestResumeFallback(TestCase):
         self.assertFalse(osp.exists(stale))
         self.assertTrue(osp.exists(keep))
         self.assertIn('a checkpoint write interrupted by a kill', log)
+
+
+class TestRunnerAutoResume(TestCase):
+    """``GALDDCRunner`` with ``resume=True`` and no ``load_from``."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
+        toy_runner(
+            self.tmp, max_epochs=3, runner_cls=GALDDCRunner,
+            default_hooks=dict(checkpoint=dict(
+                type='AtomicCheckpointHook', interval=1))).train()
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def _resume(self):
+        runner = toy_runner(
+            self.tmp, max_epochs=3, runner_cls=GALDDCRunner, resume=True)
+        with self.assertLogs(runner.logger, 'INFO') as logs:
+            runner.load_or_resume()
+        return runner, '\n'.join(logs.output)
+
+    def test_falls_back_past_a_truncated_latest_checkpoint(self):
+        _truncate(osp.join(self.tmp, 'epoch_3.pth'))
+        runner, log = self._resume()
+        self.assertRegex(
+            log, r'WARNING.*Cannot resume from the latest checkpoint: '
+            r'.*epoch_3\.pth: it is truncated.*Resuming from the previous '
+            r'checkpoint .*epoch_2\.pth instead')
+        self.assertEqual(runner.epoch, 2)
+
+    def test_intact_latest_checkpoint(self):
+        runner, log = self._resume()
+        self.assertNotIn('Cannot resume', log)
+        self.assertIn('Auto resumed from the latest checkpoint', log)
+        self.assertEqual(runner.epoch, 3)
+
+    def test_mmengine_runner_unchanged(self):
+        # Plain mmengine Runner: the truncated file goes to the loader,
+        # which refuses it (no fallback without GALDDCRunner).
+        _truncate(osp.join(self.tmp, 'epoch_3.pth'))
+        runner = toy_runner(self.tmp, max_epochs=3, resume=True)
+        with self.assertRaisesRegex(DamagedCheckpointError, 'epoch_3'):
+            runner.load_or_resume()

@@ -1,14 +1,12 @@
-# Copyright (c) galddc_mm contributors. All rights reserved.
-"""Test a checkpoint; MMPretrain 1.2.0's ``tools/test.py`` plus a summary.
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Test a checkpoint: MMPretrain 1.2.0's ``tools/test.py`` plus one import.
 
-Same flags and behaviour as upstream. Differences:
-
-- ``galddc_mm`` is imported first (safe checkpoint loading under
-  torch>=2.6, ``torchrun`` on CPU), whatever the config imports.
-- The test metrics (top-1, many/medium/few, ...) are logged as one table
-  and written to ``<work_dir>/<timestamp>/final_metrics.json``.
-- ``pin_memory`` is turned off when CUDA is not available (it only helps
-  host-to-GPU copies and warns otherwise).
+The only difference from upstream is ``import galddc_mm``, which registers
+the plugin (runner, hooks, models, safe checkpoint loaders) even for a
+config that does not load it through ``custom_imports``. The final metrics
+table and ``<work_dir>/<timestamp>/final_metrics.json`` (with the tested
+checkpoint) come from ``FinalMetricsHook`` in the config's
+``default_hooks``, so MMPretrain's own script writes them too.
 """
 import argparse
 import os
@@ -16,17 +14,15 @@ import os.path as osp
 from copy import deepcopy
 
 import mmengine
-import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import galddc_mm  # noqa: F401  (compat fixes + registration)
-from galddc_mm.utils import log_final_metrics
+import galddc_mm  # noqa: F401  (registers the plugin)
 
 
-def parse_args(argv=None):
+def parse_args():
     parser = argparse.ArgumentParser(
         description='MMPreTrain test (and eval) a model')
     parser.add_argument('config', help='test config file path')
@@ -91,7 +87,7 @@ def parse_args(argv=None):
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -118,11 +114,9 @@ def merge_args(cfg, args):
 
     # -------------------- visualization --------------------
     if args.show or (args.show_dir is not None):
-        if 'visualization' not in cfg.default_hooks:
-            raise ValueError(
-                'VisualizationHook is not set in the `default_hooks` field of '
-                'config. Please set `visualization=dict(type='
-                '"VisualizationHook")`')
+        assert 'visualization' in cfg.default_hooks, \
+            'VisualizationHook is not set in the `default_hooks` field of ' \
+            'config. Please set `visualization=dict(type="VisualizationHook")`'
 
         cfg.default_hooks.visualization.enable = True
         cfg.default_hooks.visualization.show = args.show
@@ -162,11 +156,8 @@ def merge_args(cfg, args):
         dataloader_cfg = deepcopy(default_dataloader_cfg)
         dataloader_cfg.update(cfg[field])
         cfg[field] = dataloader_cfg
-        if args.no_pin_memory or not torch.cuda.is_available():
+        if args.no_pin_memory:
             cfg[field]['pin_memory'] = False
-        # torch refuses persistent workers without worker processes.
-        if cfg[field].get('num_workers', 0) == 0:
-            cfg[field]['persistent_workers'] = False
 
     set_default_dataloader_cfg(cfg, 'test_dataloader')
 
@@ -176,8 +167,8 @@ def merge_args(cfg, args):
     return cfg
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main():
+    args = parse_args()
 
     if args.out is None and args.out_item is not None:
         raise ValueError('Please use `--out` argument to specify the '
@@ -204,12 +195,6 @@ def main(argv=None):
 
     # start testing
     metrics = runner.test()
-
-    log_final_metrics(
-        runner,
-        dict(test=metrics),
-        title='Test metrics (%)',
-        checkpoint=args.checkpoint)
 
     if args.out and args.out_item == 'metrics':
         mmengine.dump(metrics, args.out)

@@ -1,38 +1,43 @@
-# Copyright (c) galddc_mm contributors. All rights reserved.
-"""Train a model; MMPretrain 1.2.0's ``tools/train.py`` plus a final summary.
+# Copyright (c) OpenMMLab. All rights reserved.
+"""Train a model: MMPretrain 1.2.0's ``tools/train.py`` plus one import.
 
-Same flags and behaviour as upstream. Differences:
+The only difference from upstream is ``import galddc_mm``, which registers
+the plugin (runner, hooks, loops, models, safe checkpoint loaders) even
+for a config that does not load it through ``custom_imports``. All that
+the plugin changes comes from the config, so MMPretrain's own script does
+the same with these configs:
 
-- ``galddc_mm`` is imported first, so its compatibility fixes (safe
-  checkpoint loading under torch>=2.6, ``torchrun`` on CPU) apply even to a
-  config that does not load the plugin through ``custom_imports``.
-- ``--amp`` also covers GALD-DC's per-part optimiser config
-  (``optim_wrapper=dict(constructor='GALDDCOptimWrapperConstructor',
-  encoder=..., head=..., diffusion=...)``): the top-level ``type`` and
-  ``loss_scale`` are set, which that constructor applies to every part. It
-  fails early with a clear message on a machine without an accelerator.
-- After training, the last validation (and test, if the loop ran one)
-  metrics are logged as one table (top-1, many/medium/few, ...) and written
-  to ``<work_dir>/<timestamp>/final_metrics.json``.
+- ``runner_type = 'GALDDCRunner'``: CPU ``torchrun``, a clean exit, and
+  auto ``--resume`` past a damaged latest checkpoint.
+- ``default_hooks``: ``AtomicCheckpointHook`` (atomic checkpoint writes),
+  ``FinalMetricsHook`` (the final metrics table and
+  ``<work_dir>/<timestamp>/final_metrics.json``).
+- ``--amp`` sets the top-level ``optim_wrapper.type`` and ``loss_scale``,
+  which ``GALDDCOptimWrapperConstructor`` applies to every part. On a
+  machine without an accelerator mmengine's ``AmpOptimWrapper`` stops
+  the run before the first iteration with an ``AssertionError`` saying it
+  is only available on GPU, NPU, MLU or MUSA: clear enough, so there is
+  no early check of our own.
+- Data loaders: upstream defaults ``persistent_workers=True``, which torch
+  refuses with ``num_workers=0``; the configs meant for CPUs (DigitsLT)
+  say ``persistent_workers=False`` themselves. ``pin_memory=True`` only
+  warns without CUDA.
 """
 import argparse
 import os
 import os.path as osp
 from copy import deepcopy
 
-import mmengine.device as device
-import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.utils import digit_version
 from mmengine.utils.dl_utils import TORCH_VERSION
 
-import galddc_mm  # noqa: F401  (compat fixes + registration)
-from galddc_mm.utils import collect_split_metrics, log_final_metrics
+import galddc_mm  # noqa: F401  (registers the plugin)
 
 
-def parse_args(argv=None):
+def parse_args():
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -85,21 +90,11 @@ def parse_args(argv=None):
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
 
     return args
-
-
-def check_amp_device():
-    """Fail early: mmengine's ``AmpOptimWrapper`` needs an accelerator."""
-    if not (device.is_cuda_available() or device.is_npu_available()
-            or device.is_mlu_available() or device.is_musa_available()):
-        raise RuntimeError(
-            '--amp needs a CUDA (or NPU/MLU/MUSA) device, but none is '
-            'available on this machine. Drop --amp to train in fp32 on the '
-            'CPU.')
 
 
 def merge_args(cfg, args):
@@ -122,9 +117,6 @@ def merge_args(cfg, args):
 
     # enable automatic-mixed-precision training
     if args.amp is True:
-        # The same two keys serve a plain ``optim_wrapper=dict(optimizer=
-        # ...)`` and GALD-DC's per-part dict: its constructor takes the
-        # top-level ``type``/``loss_scale`` as the default of every part.
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
@@ -159,12 +151,6 @@ def merge_args(cfg, args):
             cfg[field]['pin_memory'] = False
         if args.no_persistent_workers:
             cfg[field]['persistent_workers'] = False
-        # Pinning memory only helps host-to-GPU copies and warns without
-        # CUDA; persistent workers are refused with num_workers=0.
-        if not torch.cuda.is_available():
-            cfg[field]['pin_memory'] = False
-        if cfg[field].get('num_workers', 0) == 0:
-            cfg[field]['persistent_workers'] = False
 
     set_default_dataloader_cfg(cfg, 'train_dataloader')
     set_default_dataloader_cfg(cfg, 'val_dataloader')
@@ -176,35 +162,8 @@ def merge_args(cfg, args):
     return cfg
 
 
-def log_training_summary(runner):
-    """Log the last val/test metrics of the run as one table."""
-    hub = runner.message_hub
-    metrics = {
-        split: collect_split_metrics(hub, split)
-        for split in ('val', 'test')
-    }
-    metrics = {split: m for split, m in metrics.items() if m}
-    extra = dict(epoch=runner.epoch, iter=runner.iter)
-    best_ckpt = hub.get_info('best_ckpt')
-    if best_ckpt is not None:
-        extra.update(
-            best_ckpt=best_ckpt, best_score=float(hub.get_info('best_score')))
-    log_final_metrics(
-        runner,
-        metrics,
-        title=f'Final metrics (%) after epoch {runner.epoch} '
-        f'(last evaluation of each split)',
-        **extra)
-    if best_ckpt is not None:
-        runner.logger.info(
-            f'Best checkpoint (selected on val): {best_ckpt}, score '
-            f'{extra["best_score"]:.2f}')
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if args.amp:
-        check_amp_device()
+def main():
+    args = parse_args()
 
     # load config
     cfg = Config.fromfile(args.config)
@@ -223,7 +182,6 @@ def main(argv=None):
 
     # start training
     runner.train()
-    log_training_summary(runner)
 
 
 if __name__ == '__main__':

@@ -22,8 +22,10 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     # Save a checkpoint every epoch, keep the last 3, and keep the best one
     # by validation top-1. Checkpoints are selected on val, never on test.
+    # mmengine's CheckpointHook, but a kill while it writes a checkpoint or
+    # `last_checkpoint` leaves the previous file intact (atomic writes).
     checkpoint=dict(
-        type='CheckpointHook',
+        type='AtomicCheckpointHook',
         interval=1,
         max_keep_ckpts=3,
         save_best='accuracy/top1',
@@ -36,6 +38,10 @@ default_hooks = dict(
     # the poisoned weights are checkpointed (galddc_mm's hook; disable with
     # default_hooks.numerical_guard=None).
     numerical_guard=dict(type='NumericalGuardHook'),
+    # At the end of a run, log the final metrics (top-1, many/medium/few)
+    # as one table and write them to <work_dir>/<timestamp>/
+    # final_metrics.json (galddc_mm's hook; also under MMPretrain's tools).
+    final_metrics=dict(type='FinalMetricsHook'),
 )
 
 env_cfg = dict(

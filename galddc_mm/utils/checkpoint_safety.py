@@ -5,26 +5,31 @@ A training process can be killed at any instant, also while it writes a
 checkpoint. mmengine 0.10.7 writes checkpoints and the ``last_checkpoint``
 pointer in place (``open(path, 'wb')`` then ``write``), so a kill at the
 wrong moment leaves a truncated file under the final name, and
-``--resume`` then fails on it. This module provides the pieces that
-:mod:`galddc_mm.utils.compat` installs into mmengine:
+``--resume`` then fails on it. This module provides the pieces that the
+registered :class:`~galddc_mm.engine.hooks.AtomicCheckpointHook` and
+:class:`~galddc_mm.engine.runner.GALDDCRunner` use:
 
-- :func:`atomic_save_checkpoint`: a drop-in for mmengine's
-  ``save_checkpoint`` that writes a local checkpoint to a temporary file in
-  the same folder, ``fsync``-s it and renames it over the final name
-  (``os.replace`` is atomic on POSIX and Windows), then syncs the folder.
-  A reader sees the old file or the complete new one, never a part.
-- :class:`AtomicTextWriter` / :func:`checkpoint_hook_open`: the same for
-  the ``last_checkpoint`` pointer the ``CheckpointHook`` writes.
+- :func:`atomic_destination`: a temporary file in the folder of the
+  destination that, once written, is ``fsync``-ed and renamed over the
+  final name (``os.replace`` is atomic on POSIX and Windows), then the
+  folder is synced. A reader sees the old file or the complete new one,
+  never a part. :func:`atomic_torch_save` and :class:`AtomicLocalBackend`
+  write through it.
+- :class:`AtomicLocalBackend`: mmengine's ``LocalBackend`` whose ``put``
+  goes through :func:`atomic_destination`, registered as the file backend
+  ``'galddc_atomic_local'``; the checkpoint hook selects it for a local
+  ``out_dir`` (mmengine's ``save_checkpoint`` writes through the backend
+  that ``backend_args`` names).
 - :func:`checkpoint_damage`: a cheap integrity check of a checkpoint
   without unpickling it (safe on untrusted files): ``torch.save`` writes a
   zip archive with a CRC-32 per member; a truncated file has no central
   directory and a damaged one fails a CRC. ``torch.load`` verifies
   neither: it fails obscurely on the first and silently loads wrong
   tensors from the second.
-- :func:`find_resumable_checkpoint`: a drop-in for mmengine's
-  ``find_latest_checkpoint`` (auto ``--resume``) that falls back to the
-  previous checkpoint, with a warning naming both files, when the latest
-  one is damaged.
+- :func:`find_resumable_checkpoint`: what auto ``--resume`` uses instead
+  of mmengine's ``find_latest_checkpoint``: it falls back to the previous
+  checkpoint, with a warning naming both files, when the latest one is
+  damaged.
 """
 import glob
 import logging
@@ -34,29 +39,29 @@ import re
 import uuid
 import zipfile
 import zlib
-from typing import List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple, Union
 
-import mmengine.runner.checkpoint as mmengine_checkpoint
 import torch
-from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import print_log
 
 __all__ = [
-    'AtomicTextWriter', 'DamagedCheckpointError', 'atomic_save_checkpoint',
-    'atomic_torch_save', 'checkpoint_damage', 'checkpoint_hook_open',
+    'ATOMIC_LOCAL_BACKEND', 'AtomicLocalBackend', 'DamagedCheckpointError',
+    'atomic_destination', 'atomic_torch_save', 'checkpoint_damage',
     'find_resumable_checkpoint'
 ]
 
 #: The name of mmengine's pointer to the latest checkpoint of a work dir.
 POINTER_NAME = 'last_checkpoint'
+#: The name :class:`AtomicLocalBackend` is registered under, for
+#: ``backend_args=dict(backend=ATOMIC_LOCAL_BACKEND)``.
+ATOMIC_LOCAL_BACKEND = 'galddc_atomic_local'
 # Regular checkpoints of the CheckpointHook (``best_*`` files are chosen
 # on a metric, not on progress, and are never resumed from implicitly).
 _CKPT_RE = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
 _TMP_RE = re.compile(r'^\..+\.[0-9a-f]{8}\.tmp$')
 _ZIP_MAGIC = b'PK\x03\x04'
-# Bound before compat replaces the name in mmengine's modules (compat
-# imports this module first), so remote writes still reach mmengine's.
-_mmengine_save_checkpoint = mmengine_checkpoint.save_checkpoint
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -83,6 +88,17 @@ def _temp_name(path: str) -> str:
     return osp.join(folder, f'.{name}.{uuid.uuid4().hex[:8]}.tmp')
 
 
+def _fsync_file(path: str) -> None:
+    """Flush a closed file's data to disk (whoever wrote it)."""
+    # fsync acts on the file, not on the descriptor that wrote it; a
+    # writable descriptor because Windows' fsync needs one.
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(folder: str) -> None:
     """Make a rename in ``folder`` durable (no-op where unsupported)."""
     try:
@@ -97,36 +113,33 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _open_new(path: str, mode: str, encoding: Optional[str] = None):
-    """Create ``path`` (which must not exist) and open it with ``mode``."""
-    # O_EXCL: never reuse another writer's file; mode 0o666 so that the
-    # umask applies as for a plain ``open`` (mkstemp would force 0o600).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    return os.fdopen(fd, mode, encoding=encoding)
+@contextmanager
+def atomic_destination(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """A temporary path to write, renamed over ``path`` when complete.
 
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial ``path``.
-
-    Writes to a temporary file in the folder of ``path``, flushes and
-    ``fsync``-s it, renames it over ``path`` with :func:`os.replace` and
-    syncs the folder. On any error (or a kill) before the rename, ``path``
-    keeps its previous content (or stays absent).
+    ``with atomic_destination(path) as tmp:`` yields a new, hidden file
+    name in the folder of ``path`` (same file system, so the rename is
+    atomic). When the block ends without an error, the file written there
+    is ``fsync``-ed, renamed over ``path`` with :func:`os.replace` and the
+    folder is synced. On any error (or a kill) before the rename, ``path``
+    keeps its previous content (or stays absent); after an error the
+    temporary file is removed, after a kill it stays behind, hidden, until
+    :func:`find_resumable_checkpoint` removes it on resume.
 
     Args:
-        obj (Any): What to save.
-        path (str): The local destination file.
+        path (str | PathLike): The local destination file.
+
+    Yields:
+        str: The temporary file to write (it does not exist yet; whoever
+        writes it creates it, so its mode follows the umask).
     """
+    path = str(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = _temp_name(path)
     try:
-        with _open_new(tmp, 'wb') as f:
-            # Straight into the file: no second in-memory copy of a large
-            # checkpoint (mmengine serialises to a BytesIO first).
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -135,102 +148,39 @@ def atomic_torch_save(obj, path: str) -> None:
     _fsync_dir(folder)
 
 
-def _is_local(filename: str, backend_args: Optional[dict]) -> bool:
-    if filename.startswith('pavi://'):
-        return False
-    try:
-        backend = get_file_backend(filename, backend_args=backend_args)
-    except Exception:  # unknown prefix: let mmengine report it
-        return False
-    return isinstance(backend, LocalBackend)
-
-
-def atomic_save_checkpoint(checkpoint: dict,
-                           filename: str,
-                           file_client_args: Optional[dict] = None,
-                           backend_args: Optional[dict] = None) -> None:
-    """mmengine's ``save_checkpoint``, atomic for local files.
-
-    Same arguments as :func:`mmengine.runner.checkpoint.save_checkpoint`;
-    a local destination is written by :func:`atomic_torch_save`. Remote
-    backends (petrel, http, pavi) and the deprecated ``file_client_args``
-    keep mmengine's writer: an upload there is one request, not a stream
-    into the final file.
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial ``path``.
 
     Args:
-        checkpoint (dict): The checkpoint.
-        filename (str): Destination, a local path or a backend URI.
-        file_client_args (dict, optional): Deprecated mmengine argument.
-            Defaults to None.
-        backend_args (dict, optional): Arguments of the file backend.
-            Defaults to None.
+        obj (Any): What to save.
+        path (str): The local destination file.
     """
-    if file_client_args is not None or not _is_local(
-            str(filename), backend_args):
-        return _mmengine_save_checkpoint(
-            checkpoint,
-            filename,
-            file_client_args=file_client_args,
-            backend_args=backend_args)
-    atomic_torch_save(checkpoint, str(filename))
+    with atomic_destination(path) as tmp:
+        torch.save(obj, tmp)
 
 
-class AtomicTextWriter:
-    """A text file opened for writing that appears only when closed.
+@register_backend(ATOMIC_LOCAL_BACKEND)
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's ``LocalBackend`` whose writes replace files atomically.
 
-    ``with AtomicTextWriter(path) as f: f.write(...)`` writes a temporary
-    file next to ``path`` and, when the block ends without an error,
-    ``fsync``-s it and renames it over ``path``; after an error the
-    temporary file is removed and ``path`` is untouched.
-
-    Args:
-        path (str): The destination file.
-        encoding (str): Text encoding. Defaults to 'utf-8'.
+    ``put`` and ``put_text`` write through :func:`atomic_destination`;
+    reading, listing and removing are ``LocalBackend``'s. Registered as the
+    file backend ``'galddc_atomic_local'`` (a new name: the ``'local'``
+    backend and the prefix look-up of mmengine are unchanged), so it is
+    used only where ``backend_args=dict(backend='galddc_atomic_local')``
+    asks for it.
     """
 
-    def __init__(self, path: str, encoding: str = 'utf-8'):
-        self.path = str(path)
-        self._tmp = _temp_name(self.path)
-        self._file = _open_new(self._tmp, 'w', encoding=encoding)
+    def put(self, obj: bytes, filepath: Union[str, os.PathLike]) -> None:
+        with atomic_destination(filepath) as tmp:
+            super().put(obj, tmp)
 
-    def write(self, text: str) -> int:
-        return self._file.write(text)
-
-    def close(self, commit: bool = True) -> None:
-        """Close; rename over the destination if ``commit``."""
-        if self._file.closed:
-            return
-        try:
-            if commit:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
-        if commit:
-            os.replace(self._tmp, self.path)
-            _fsync_dir(osp.dirname(osp.abspath(self.path)))
-        elif osp.exists(self._tmp):
-            os.unlink(self._tmp)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(commit=exc_type is None)
-
-
-def checkpoint_hook_open(file, mode: str = 'r', *args, **kwargs):
-    """``open`` for :mod:`mmengine.hooks.checkpoint_hook`.
-
-    The ``CheckpointHook`` writes the ``last_checkpoint`` pointer with
-    ``open(path, 'w')``, its only ``open`` call; bound as that module's
-    global ``open``, this function turns exactly that write into an
-    :class:`AtomicTextWriter` and hands anything else to :func:`open`.
-    """
-    if mode == 'w' and osp.basename(str(file)) == POINTER_NAME and not args \
-            and set(kwargs) <= {'encoding'}:
-        return AtomicTextWriter(file, **kwargs)
-    return open(file, mode, *args, **kwargs)
+    def put_text(self,
+                 obj: str,
+                 filepath: Union[str, os.PathLike],
+                 encoding: str = 'utf-8') -> None:
+        with atomic_destination(filepath) as tmp:
+            super().put_text(obj, tmp, encoding=encoding)
 
 
 def checkpoint_damage(filename: str) -> Optional[str]:
@@ -310,7 +260,9 @@ def _remove_stale_temp_files(folder: str) -> None:
 def find_resumable_checkpoint(path: str) -> Optional[str]:
     """The newest intact checkpoint of a work dir, for auto ``--resume``.
 
-    Drop-in for mmengine's ``find_latest_checkpoint``: reads the
+    Used by :meth:`GALDDCRunner.load_or_resume
+    <galddc_mm.engine.runner.GALDDCRunner.load_or_resume>` where mmengine
+    calls ``find_latest_checkpoint``: reads the
     ``last_checkpoint`` pointer of ``path`` (None, as mmengine, when there
     is none: the run starts from scratch). If the checkpoint it names is
     missing or damaged (:func:`checkpoint_damage`), the regular checkpoints

@@ -1,9 +1,11 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""The final-metrics summary printed by ``tools/train.py`` and ``test.py``.
+"""The final-metrics summary of a run (logged by ``FinalMetricsHook``).
 
 mmengine logs every evaluation, but the many/medium/few numbers of a run are
-then buried in a long line among timings. At the end of a run the tools log
-one table, e.g.::
+then buried in a long line among timings. At the end of a run
+:class:`~galddc_mm.engine.hooks.FinalMetricsHook` (in the configs'
+``default_hooks``, so under any ``tools/train.py``/``test.py``) logs one
+table, e.g.::
 
     Final metrics (%) after epoch 90:
     | split | top1  | top5  | many  | medium | few   |

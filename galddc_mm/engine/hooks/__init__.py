@@ -1,11 +1,14 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
+from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .class_geometry_hook import ClassGeometryHook
+from .final_metrics_hook import FinalMetricsHook
 from .galddc_check_hook import GALDDCCheckHook
 from .generation_report_hook import GenerationReportHook
 from .numerical_guard_hook import NonFiniteLossError, NumericalGuardHook
 from .rank_consistency_hook import RankConsistencyHook
 
 __all__ = [
-    'ClassGeometryHook', 'GALDDCCheckHook', 'GenerationReportHook',
-    'NonFiniteLossError', 'NumericalGuardHook', 'RankConsistencyHook'
+    'AtomicCheckpointHook', 'ClassGeometryHook', 'FinalMetricsHook',
+    'GALDDCCheckHook', 'GenerationReportHook', 'NonFiniteLossError',
+    'NumericalGuardHook', 'RankConsistencyHook'
 ]

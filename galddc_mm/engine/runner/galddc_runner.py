@@ -7,6 +7,8 @@ from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.runner import Runner
 from mmpretrain.registry import RUNNERS
 
+from galddc_mm.utils.checkpoint_safety import find_resumable_checkpoint
+
 from .process_group import init_process_group, track_model_owner
 
 
@@ -19,6 +21,12 @@ class GALDDCRunner(Runner):
     ``tools/train.py`` and ``tools/test.py`` build it from the registry
     too, so they get the same behaviour. Differences from ``Runner``:
 
+    - Auto ``--resume`` (``resume=True`` without ``load_from``) skips a
+      damaged latest checkpoint for the previous intact one, with a
+      warning naming both (see
+      :func:`~galddc_mm.utils.checkpoint_safety.find_resumable_checkpoint`);
+      mmengine's ``find_latest_checkpoint`` would hand the truncated file
+      to the loader, and the run could not resume at all.
     - ``torchrun`` on a machine without an accelerator starts a gloo group
       instead of failing on ``torch.cuda.set_device`` (see
       :func:`~galddc_mm.engine.runner.process_group.init_process_group`).
@@ -40,6 +48,19 @@ class GALDDCRunner(Runner):
             init_process_group(self.launcher,
                                **dict(env_cfg.get('dist_cfg', {})))
         super().setup_env(env_cfg)
+
+    def load_or_resume(self) -> None:
+        # Only auto resume differs from mmengine's method, which looks the
+        # latest checkpoint up with ``find_latest_checkpoint``; an explicit
+        # ``load_from`` (with or without ``resume``) is mmengine's.
+        if self._has_loaded or not (self._resume and self._load_from is None):
+            return super().load_or_resume()
+        resume_from = find_resumable_checkpoint(self.work_dir)
+        self.logger.info(
+            f'Auto resumed from the latest checkpoint {resume_from}.')
+        if resume_from is not None:
+            self.resume(resume_from)
+            self._has_loaded = True
 
     def wrap_model(self, model_wrapper_cfg, model: nn.Module) -> nn.Module:
         wrapped = super().wrap_model(model_wrapper_cfg, model)

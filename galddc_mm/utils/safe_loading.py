@@ -1,79 +1,66 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""Compatibility fixes for torch>=2.6, mmengine 0.10.7 and mmcv-lite.
+"""Safe checkpoint loading under ``torch.load(weights_only=True)``.
 
-Importing :mod:`galddc_mm` (configs do it through ``custom_imports``) runs
-:func:`apply_patches` once. Each fix is as narrow as the problem it solves:
+Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``, and
+mmengine's checkpoints hold more than tensors: the message hub pickles
+``mmengine.logging.HistoryBuffer`` objects, whose state holds numpy
+arrays, numpy scalars (e.g. the ``eta`` runtime value) and the buffer's
+statistics methods, pickled as ``getattr(HistoryBuffer, 'mean')``.
+``torch.serialization.get_unsafe_globals_in_checkpoint`` on a checkpoint
+written by mmengine 0.10.7's ``Runner`` lists exactly::
 
-1. **Checkpoints under ``weights_only=True``.** Since torch 2.6
-   ``torch.load`` defaults to ``weights_only=True``, and mmengine's
-   checkpoints hold more than tensors: the message hub pickles
-   ``mmengine.logging.HistoryBuffer`` objects, whose state holds numpy
-   arrays, numpy scalars (e.g. the ``eta`` runtime value) and the buffer's
-   statistics methods, pickled as ``getattr(HistoryBuffer, 'mean')``.
-   ``torch.serialization.get_unsafe_globals_in_checkpoint`` on a checkpoint
-   written by mmengine 0.10.7's ``Runner`` lists exactly::
+    mmengine.logging.history_buffer.HistoryBuffer
+    numpy._core.multiarray._reconstruct, numpy.ndarray, numpy.dtype
+    numpy._core.multiarray.scalar, builtins.getattr
 
-       mmengine.logging.history_buffer.HistoryBuffer
-       numpy._core.multiarray._reconstruct, numpy.ndarray, numpy.dtype
-       numpy._core.multiarray.scalar, builtins.getattr
+(and the numpy dtype classes, e.g. ``numpy.dtypes.Float64DType``, are
+needed to restore a dtype's state).
 
-   (and the numpy dtype classes, e.g. ``numpy.dtypes.Float64DType``, are
-   needed to restore a dtype's state). We allow-list exactly these with
-   ``torch.serialization.add_safe_globals``. ``builtins.getattr`` is not
-   allowed as such: the name is bound to :func:`_history_buffer_getattr`,
-   which only hands out ``HistoryBuffer``'s registered statistics methods.
-   Loading never falls back to ``weights_only=False``. mmengine's local-file
-   loader is replaced so that a refused checkpoint raises
-   :class:`UnsafeCheckpointError`, naming the refused globals and stating
-   that nothing from the file was executed; ``_load_checkpoint`` (used by
-   ``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')``)
-   translates the same refusal coming from any other URI scheme.
-2. **Crash-safe checkpoint files** (:mod:`.checkpoint_safety`). mmengine
-   0.10.7 writes a checkpoint in place (``Runner.save_checkpoint`` ->
-   ``mmengine.runner.checkpoint.save_checkpoint`` -> ``torch.save`` into a
-   buffer -> ``LocalBackend.put``: ``open(path, 'wb')``, ``write``) and so
-   the ``CheckpointHook``'s ``last_checkpoint`` pointer (``open(path,
-   'w')``); a kill during either write leaves a truncated file under the
-   final name. Three names are rebound, each only for local files:
-   ``save_checkpoint`` (in ``mmengine.runner.checkpoint``,
-   ``mmengine.runner.runner`` and ``mmengine.runner``, which imported it by
-   name) writes a temporary file, ``fsync``-s it and renames it into place;
-   the ``open`` global of ``mmengine.hooks.checkpoint_hook`` (used there
-   for the pointer only) does the same for the pointer; and
-   ``find_latest_checkpoint`` in ``mmengine.runner.runner`` (auto
-   ``--resume``) skips a damaged latest checkpoint for the previous one,
-   with a warning naming both. Local loads (``load_from``, ``--resume
-   path``) check the file's zip CRCs first and raise
-   :class:`DamagedCheckpointError` instead of torch's obscure miniz error
-   (or, for a CRC mismatch, silently wrong tensors).
-3. **Two harmless warnings** are filtered by their exact text: mmcv-lite's
-   missing ``MultiScaleDeformableAttention`` (a CUDA op of full mmcv that
-   no model here uses) and setuptools' ``pkg_resources`` deprecation notice
-   (mmengine needs ``pkg_resources`` for ``mmpretrain::`` configs, and
-   ``setuptools<81`` is pinned for it).
+:func:`register_safe_loading`, called once when :mod:`galddc_mm` is
+imported, extends torch and mmengine through their registries only; no
+attribute of mmengine is rebound:
+
+1. ``torch.serialization.add_safe_globals`` allow-lists exactly these
+   globals. ``builtins.getattr`` is not allowed as such: the name is bound
+   to :func:`_history_buffer_getattr`, which only hands out
+   ``HistoryBuffer``'s registered statistics methods. Loading never falls
+   back to ``weights_only=False``.
+2. ``CheckpointLoader.register_scheme`` replaces the handler of local
+   files (prefix ``''``) by :func:`load_from_local`: an integrity check
+   (:func:`~galddc_mm.utils.checkpoint_safety.checkpoint_damage`, no
+   unpickling) raising :class:`DamagedCheckpointError`, then the safe load
+   raising :class:`UnsafeCheckpointError`, which names the refused globals
+   and states that nothing from the file was executed.
+3. The handlers of the other schemes registered at that moment
+   (``http://``, ``torchvision://``, ``open-mmlab://``, ...; they call
+   ``torch.load`` themselves) are registered again, wrapped so that their
+   loads are weights-only too and the same refusal raises
+   :class:`UnsafeCheckpointError` instead of torch's message, which
+   advises ``weights_only=False``. (mmengine downloads ``http://``,
+   ``torchvision://``, ``mmcls://`` and URL ``open-mmlab://`` checkpoints
+   with ``torch.hub.load_state_dict_from_url``, whose ``weights_only``
+   defaults to False: unwrapped, a malicious download runs on load. The
+   wrapper sets torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for the call,
+   unless the user opted out with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.)
+
+``load_from``, ``--resume`` and ``init_cfg=dict(type='Pretrained')`` all
+load through ``CheckpointLoader``, so all three refuse a malicious file
+without running any of it.
 """
 import functools
+import os
 import os.path as osp
 import pickle
 import re
-import warnings
-from typing import Any, Callable, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional
 
-import mmengine.hooks.checkpoint_hook as mmengine_checkpoint_hook
-import mmengine.runner as mmengine_runner
-import mmengine.runner.checkpoint as mmengine_checkpoint
-import mmengine.runner.runner as mmengine_runner_module
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer, print_log
+from mmengine.runner.checkpoint import CheckpointLoader
 
-from .checkpoint_safety import (
-    DamagedCheckpointError,
-    atomic_save_checkpoint,
-    checkpoint_damage,
-    checkpoint_hook_open,
-    find_resumable_checkpoint,
-)
+from .checkpoint_safety import DamagedCheckpointError, checkpoint_damage
 
 try:  # numpy>=2 moved ``numpy.core`` to ``numpy._core``
     from numpy._core import multiarray as _np_multiarray
@@ -81,13 +68,13 @@ except ImportError:  # pragma: no cover - numpy<2
     from numpy.core import multiarray as _np_multiarray
 
 __all__ = [
-    'DamagedCheckpointError', 'UnsafeCheckpointError', 'apply_patches',
-    'checkpoint_safe_globals', 'safe_torch_load'
+    'UnsafeCheckpointError', 'checkpoint_safe_globals', 'load_from_local',
+    'register_safe_loading', 'safe_torch_load'
 ]
 
 _WEIGHTS_ONLY_FAILURE = 'Weights only load failed'
 _HAS_SAFE_GLOBALS = hasattr(torch.serialization, 'add_safe_globals')
-_PATCHED = False
+_REGISTERED = False
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -266,10 +253,18 @@ def safe_torch_load(filename: str, map_location: Optional[Any] = None):
 
 
 def load_from_local(filename: str, map_location: Optional[Any] = None):
-    """Replacement for mmengine's ``load_from_local`` scheme handler.
+    """The handler of local files registered with ``CheckpointLoader``.
 
     Checks the file's integrity (:func:`checkpoint_damage`, no unpickling)
     before the safe load.
+
+    Args:
+        filename (str): A local checkpoint file.
+        map_location (Any, optional): Same as in :func:`torch.load`.
+            Defaults to None.
+
+    Returns:
+        Any: The loaded checkpoint.
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -285,33 +280,79 @@ def load_from_local(filename: str, map_location: Optional[Any] = None):
     return safe_torch_load(filename, map_location=map_location)
 
 
-def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
-    """Translate weights-only refusals of any URI scheme.
+_FORCE_WEIGHTS_ONLY = 'TORCH_FORCE_WEIGHTS_ONLY_LOAD'
+_FORCE_NO_WEIGHTS_ONLY = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
 
-    Local files already raise :class:`UnsafeCheckpointError`; ``http://``,
-    ``torchvision://`` and friends call ``torch.load`` themselves and raise
-    torch's message, which advises ``weights_only=False``.
+
+@contextmanager
+def _weights_only_forced() -> Iterator[None]:
+    """Make every ``torch.load`` in the block weights-only.
+
+    torch reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` at each ``torch.load``
+    call and then ignores an explicit ``weights_only=False`` (torch.hub's
+    default). The variable is restored afterwards. A user who set
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` has opted out: torch would refuse
+    both at once, and the choice is theirs.
+    """
+    if os.environ.get(_FORCE_NO_WEIGHTS_ONLY, '0').lower() in ('1', 'y',
+                                                               'yes', 'true'):
+        yield
+        return
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = '1'
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
+def _translating_refusals(loader: Callable) -> Callable:
+    """Wrap a scheme handler: weights-only loads and a clear refusal.
+
+    Args:
+        loader (Callable): A handler of ``CheckpointLoader``, called as
+            ``loader(filename, map_location)``.
+
+    Returns:
+        Callable: The same handler, loading with ``weights_only=True`` even
+        where it asks for less, and raising :class:`UnsafeCheckpointError`
+        (or a plain ``UnpicklingError`` saying the file is damaged) instead
+        of torch's weights-only failure. ``__name__`` is kept: mmengine
+        logs it as the backend's name.
     """
 
-    @functools.wraps(load_checkpoint)
-    def _load_checkpoint(filename, map_location=None, logger=None):
+    @functools.wraps(loader)
+    def handler(filename, map_location=None, *args, **kwargs):
         try:
-            return load_checkpoint(
-                filename, map_location=map_location, logger=logger)
+            with _weights_only_forced():
+                return loader(filename, map_location, *args, **kwargs)
         except UnsafeCheckpointError:
             raise
         except pickle.UnpicklingError as err:
+            # A downloaded file is not at ``filename``: no scan, the
+            # refused names come from the unpickler's message.
             translated = _translate_refusal(str(filename), err, scan=False)
             if translated is err:
                 raise
             raise translated from None
 
-    _load_checkpoint._galddc_wrapped = True
-    return _load_checkpoint
+    handler._translates_refusals = True
+    return handler
 
 
-def _patch_checkpoint_loading() -> None:
-    """Allow-list mmengine's checkpoint content, install the clear refusal."""
+def register_safe_loading() -> None:
+    """Allow-list mmengine's checkpoint content, register the handlers.
+
+    Idempotent. Schemes registered later (by another plugin) keep their
+    own handler.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    _REGISTERED = True
     if not _HAS_SAFE_GLOBALS:
         # torch<2.4 cannot allow-list classes, so a weights-only load of an
         # mmengine checkpoint cannot work; mmengine's own loader stays.
@@ -322,67 +363,13 @@ def _patch_checkpoint_loading() -> None:
             logger='current')
         return
     torch.serialization.add_safe_globals(checkpoint_safe_globals())
-    # ``prefixes=''`` is the local-file scheme; ``force`` replaces mmengine's
-    # handler registered under the same prefix.
-    mmengine_checkpoint.CheckpointLoader.register_scheme(
+    # Reading the registry (a class attribute, no public accessor) to wrap
+    # each handler in place; ``force`` replaces a prefix's handler.
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if prefix == '' or getattr(loader, '_translates_refusals', False):
+            continue
+        CheckpointLoader.register_scheme(
+            prefixes=prefix, loader=_translating_refusals(loader), force=True)
+    # ``''`` is the local-file scheme (the fallback of every path).
+    CheckpointLoader.register_scheme(
         prefixes='', loader=load_from_local, force=True)
-    mmengine_checkpoint.load_from_local = load_from_local
-    original = mmengine_checkpoint._load_checkpoint
-    if not getattr(original, '_galddc_wrapped', False):
-        wrapped = _wrap_load_checkpoint(original)
-        # ``Runner`` imported the function by name, so each namespace that
-        # holds it is updated (``load_checkpoint`` and ``Pretrained`` init
-        # look it up in the checkpoint module).
-        for module in (mmengine_checkpoint, mmengine_runner_module,
-                       mmengine_runner):
-            if hasattr(module, '_load_checkpoint'):
-                module._load_checkpoint = wrapped
-
-
-def _patch_checkpoint_saving() -> None:
-    """Atomic checkpoint and pointer writes, resume past damaged files."""
-    for module in (mmengine_checkpoint, mmengine_runner_module,
-                   mmengine_runner):
-        if hasattr(module, 'save_checkpoint'):
-            module.save_checkpoint = atomic_save_checkpoint
-    # The hook's only ``open`` call writes the pointer; a module global
-    # shadows the builtin for that module alone.
-    mmengine_checkpoint_hook.open = checkpoint_hook_open
-    # ``Runner.load_or_resume`` looks the name up in its own module.
-    mmengine_runner_module.find_latest_checkpoint = find_resumable_checkpoint
-
-
-def _silence_known_warnings() -> None:
-    """Filter two harmless warnings of the pinned stack, by exact text.
-
-    - mmcv-lite's missing ``MultiScaleDeformableAttention`` (a CUDA op of
-      full mmcv that no model here uses), issued when anything imports
-      ``mmcv.cnn.bricks.transformer`` (mmpretrain's models do), which is why
-      ``galddc_mm`` imports this module first;
-    - setuptools' "pkg_resources is deprecated" notice: mmengine resolves
-      ``mmpretrain::`` configs with ``pkg_resources``, and ``setup.py``
-      pins ``setuptools<81`` which still ships it.
-    """
-    warnings.filterwarnings(
-        'ignore',
-        message=r'Fail to import ``MultiScaleDeformableAttention``',
-        category=UserWarning,
-        module=r'mmcv\.cnn\.bricks\.transformer')
-    warnings.filterwarnings(
-        'ignore',
-        message=r'pkg_resources is deprecated as an API',
-        category=UserWarning)
-
-
-def apply_patches() -> None:
-    """Apply every fix once; later calls do nothing."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    _silence_known_warnings()
-    _patch_checkpoint_loading()
-    _patch_checkpoint_saving()
-    _PATCHED = True
-
-
-apply_patches()
