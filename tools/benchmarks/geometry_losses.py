@@ -13,21 +13,34 @@ does it (one ``cdist`` for the margin, then a loop over samples). Prints the
 median over ``--repeats`` timed runs after ``--warmup`` runs, with
 ``torch.cuda.synchronize()`` around each run on GPU.
 
+The set-up and the loop references are shared with the ``geometry``
+benchmark of ``tools/benchmark.py`` (``tools/benchmarks/geometry.py``).
+
 Example::
 
     python tools/benchmarks/geometry_losses.py --device cuda --out bench.json
 """
 import argparse
 import json
-import platform
-import statistics
-import time
+import os.path as osp
+import sys
 
 import torch
-import torch.nn.functional as F
-from mmpretrain.registry import MODELS
 
-import galddc_mm  # noqa: F401  (registers the modules)
+# Run as a script, this file sees its own folder on sys.path; the
+# package it belongs to is imported from the folder above (tools/).
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks import internals  # noqa: E402
+from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.geometry import (  # noqa: E402
+    MARGIN,
+    geometry_losses,
+    loop_ema,
+    loop_losses,
+    loop_margin_terms,
+    synthetic_geometry,
+)
+from benchmarks.timing import timeit  # noqa: E402
 
 
 def parse_args():
@@ -56,109 +69,20 @@ def parse_args():
     return parser.parse_args()
 
 
-def machine_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# ----------------------------------------------------------------------
-# Loop reference (the seed's structure)
-# ----------------------------------------------------------------------
-def loop_losses(z, labels, protos, r_cal, valid, margin):
-    protos = protos.detach()
-    proto_terms, rad_terms, margin_terms = [], [], []
-    dists = torch.cdist(z, protos, p=2)**2
-    for i in range(z.shape[0]):
-        y = int(labels[i])
-        proto_terms.append(F.mse_loss(z[i], protos[y]))
-        dist = torch.norm(z[i] - protos[y], p=2)
-        rad_terms.append((dist - r_cal[y])**2)
-        neg_mask = valid.clone()
-        neg_mask[y] = False
-        if neg_mask.any():
-            min_neg = dists[i, neg_mask].min()
-            margin_terms.append(F.relu(margin + dists[i, y] - min_neg))
-    loss_margin = (torch.stack(margin_terms).sum() /
-                   z.shape[0]) if margin_terms else z.sum() * 0
-    return (torch.stack(proto_terms).mean() + torch.stack(rad_terms).mean() +
-            loss_margin)
-
-
-def loop_margin_terms(z, labels, protos, valid, margin):
-    """Per-sample margin hinges (for reporting how many are active)."""
-    terms = []
-    for i in range(z.shape[0]):
-        y = int(labels[i])
-        dists = ((z[i] - protos)**2).sum(dim=1)
-        neg_mask = valid.clone()
-        neg_mask[y] = False
-        terms.append(F.relu(margin + dists[y] - dists[neg_mask].min()))
-    return torch.stack(terms)
-
-
-@torch.no_grad()
-def loop_ema(protos, r_obs, z, labels, bp, br):
-    for c in labels.unique().tolist():
-        cls_z = z[labels == c]
-        protos[c] = (1 - bp) * protos[c] + bp * cls_z.mean(dim=0)
-        radius = torch.norm(cls_z - protos[c], p=2, dim=1).mean()
-        r_obs[c] = (1 - br) * r_obs[c] + br * radius
-
-
-def timeit(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main():
     args = parse_args()
     device = torch.device(args.device)
     B, K, D = args.batch_size, args.num_classes, args.dim
     gen = torch.Generator().manual_seed(0)
-    margin = 1.0
+    margin = MARGIN
 
-    geom = MODELS.build(
-        dict(type='ClassGeometry', num_classes=K, latent_dim=D, tau=20))
-    # Synthetic long-tailed geometry, filled in directly (initialisation
-    # is not what is timed here).
-    counts = (500 * torch.rand(K, generator=gen)**4).long() + 1
-    geom.counts.copy_(counts)
-    geom.prototypes.copy_(torch.randn(K, D, generator=gen))
-    geom.r_obs.copy_(torch.rand(K, generator=gen) * 10 + 20)
-    geom.r_real.copy_(geom.r_obs)
-    geom.r_prior.copy_(geom.r_obs[geom.head_mask].mean())
-    geom.initialized.fill_(1)
-    geom.to(device)
-
-    losses = [
-        MODELS.build(dict(type='PrototypeLoss')).to(device),
-        MODELS.build(dict(type='CalibratedRadiusLoss')).to(device),
-        MODELS.build(dict(type='PrototypeMarginLoss',
-                          margin=margin)).to(device),
-    ]
+    geom = synthetic_geometry(K, D, gen, device)
+    losses = geometry_losses(device, margin)
     labels = torch.randint(0, K, (B, ), generator=gen).to(device)
     # Latents on the segment from their prototype towards another class's
     # (alpha up to 0.6) plus a little noise, so that part of the margin
     # hinges are active and the agreement check covers their gradient.
-    protos_cpu = geom.prototypes.cpu()
+    protos_cpu = internals.ema_state(geom)[0].cpu()
     others = torch.randint(0, K, (B, ), generator=gen)
     alpha = 0.6 * torch.rand(B, 1, generator=gen)
     z_base = (protos_cpu[labels.cpu()] + alpha *
@@ -168,10 +92,7 @@ def main():
     z_loop = z_base.clone().requires_grad_(True)
 
     def loss_forward(z):
-        protos, r_cal = geom.prototypes, geom.r_cal
-        return (losses[0](z, labels, protos) +
-                losses[1](z, labels, protos, r_cal) +
-                losses[2](z, labels, protos, geom.valid_mask))
+        return internals.geometry_loss(losses, geom, z, labels)
 
     def make_vec_losses(forward):
 
@@ -187,46 +108,50 @@ def main():
 
     def ref_losses():
         z_loop.grad = None
-        total = loop_losses(z_loop, labels, geom.prototypes, geom.r_cal,
-                            geom.valid_mask, margin)
+        protos, r_cal, valid = internals.geometry_tensors(geom)
+        total = loop_losses(z_loop, labels, protos, r_cal, valid, margin)
         total.backward()
         return total
 
     ema_z = z_base.detach()
     state = {k: v.clone() for k, v in geom.state_dict().items()}
-    ref_protos, ref_r = geom.prototypes.clone(), geom.r_obs.clone()
+    ref_protos, ref_r = (t.clone() for t in internals.ema_state(geom))
+    ema_update = internals.ema_update_fn(geom)
+    proto_momentum, radius_momentum = internals.ema_momenta(geom)
 
     def vec_ema():
-        geom.ema_update(ema_z, labels)
+        ema_update(ema_z, labels)
 
     def ref_ema():
-        loop_ema(ref_protos, ref_r, ema_z, labels, geom.proto_momentum,
-                 geom.radius_momentum)
+        loop_ema(ref_protos, ref_r, ema_z, labels, proto_momentum,
+                 radius_momentum)
 
     # Agreement check before timing.
     check = {}
     if not args.skip_loop:
         v, r = vec_losses(), ref_losses()
         with torch.no_grad():
-            hinges = loop_margin_terms(z_base, labels, geom.prototypes,
-                                       geom.valid_mask, margin)
+            protos, _, valid = internals.geometry_tensors(geom)
+            hinges = loop_margin_terms(z_base, labels, protos, valid,
+                                       margin)
             check['margin_active_fraction'] = float(
                 (hinges > 0).float().mean())
         check['loss_abs_diff'] = float((v - r).detach().abs())
         check['grad_max_abs_diff'] = float((z.grad - z_loop.grad).abs().max())
         vec_ema()
         ref_ema()
+        protos, r_obs = internals.ema_state(geom)
         check['ema_proto_max_abs_diff'] = float(
-            (geom.prototypes - ref_protos).abs().max())
+            (protos - ref_protos).abs().max())
         check['ema_radius_max_abs_diff'] = float(
-            (geom.r_obs - ref_r).abs().max())
+            (r_obs - ref_r).abs().max())
         geom.load_state_dict(state)
 
     # (group, name, vectorised step, loop reference)
     cases = [('eager', 'losses fwd+bwd', vec_losses, ref_losses),
              ('eager', 'ema_update', vec_ema, ref_ema)]
     if args.compile:
-        compiled_ema = torch.compile(geom.ema_update, mode=args.compile_mode)
+        compiled_ema = torch.compile(ema_update, mode=args.compile_mode)
         compiled_forward = torch.compile(loss_forward, mode=args.compile_mode)
         cases += [
             ('compiled', 'compiled losses', make_vec_losses(compiled_forward),
@@ -255,7 +180,7 @@ def main():
                                                         for r in parts)))
 
     result = dict(
-        machine=machine_name(device),
+        machine=machine_info(device),
         device=args.device,
         torch=torch.__version__,
         threads=torch.get_num_threads(),

@@ -1,0 +1,200 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""Every call the benchmarks make past the models' public interface.
+
+The benchmarks time GALD-DC's parts one at a time, so beyond
+``MODELS.build``, ``init_weights``, ``data_preprocessor`` and
+``train_step`` they reach into methods and buffers that are not a stable
+API (some are being renamed). They do so only through the functions of
+this module, so that such a rename is followed here and nowhere else:
+
+* ``set_stage``: ``GALDDCClassifier.set_stage``;
+* ``init_latent_state``: ``GALDDCClassifier.freeze_encoder_copy``,
+  ``diffusion_head.normalizer.fit``, ``geometry.init_from_latents``;
+* ``compile_diffusion_loss``: ``GALDDCClassifier.diffusion_loss``,
+  replaced by its ``torch.compile`` wrapper;
+* ``encode_frozen``: ``GALDDCClassifier.encode_frozen``;
+* ``frozen_encoder_forward``: ``GALDDCClassifier.frozen_encoder``'s
+  ``'backbone'`` and ``'neck'``;
+* ``set_non_blocking``: mmengine's private
+  ``BaseDataPreprocessor._non_blocking``;
+* ``head_sizes``, ``noise_schedule``: ``LatentDiffusionHead.latent_dim``,
+  ``.schedule`` and ``schedule.num_timesteps``;
+* ``perturb_denoiser``: ``LatentDiffusionHead.denoiser.blocks[i].fc2``;
+* ``fit_normalizer``, ``denormalize``: ``LatentDiffusionHead.normalizer``;
+* ``sampling_denoiser``: ``LatentDiffusionHead._sampling_denoiser``;
+* ``sample``: ``LatentDiffusionHead.sample``;
+* ``ddim_chain``, ``ddim_step``: ``DDIMSampler.timesteps`` and ``.step``;
+* ``schedule_tables``: ``NoiseSchedule.betas`` and
+  ``.sqrt_one_minus_alphas_cumprod``;
+* ``fill_geometry``, ``geometry_tensors``, ``geometry_loss``,
+  ``ema_update_fn``, ``ema_state``, ``ema_momenta``: ``ClassGeometry``'s
+  buffers (``counts``, ``prototypes``, ``r_obs``, ``r_real``,
+  ``r_prior``, ``initialized``), properties (``head_mask``,
+  ``valid_mask``, ``r_cal``), momenta and ``ema_update``, and the call
+  signatures of the three geometry losses.
+"""
+from typing import Callable, Sequence, Tuple
+
+import torch
+from mmengine.model import is_model_wrapper
+
+# ----------------------------------------------------------------------
+# GALDDCClassifier
+# ----------------------------------------------------------------------
+
+
+def unwrap(model):
+    """The model inside a DDP wrapper (the model itself otherwise).
+
+    mmengine 0.10.7 has no ``get_ori_model``; this is its body.
+    """
+    return model.module if is_model_wrapper(model) else model
+
+
+def set_stage(model, stage: str, mode=None) -> None:
+    """Put a (possibly DDP-wrapped) GALD-DC model in ``stage``."""
+    unwrap(model).set_stage(stage, mode)
+
+
+@torch.no_grad()
+def init_latent_state(model, latents: torch.Tensor, labels: torch.Tensor,
+                      own: torch.Tensor) -> None:
+    """Freeze E^(0), fit the normaliser and the geometry on ``latents``.
+
+    The normaliser sees every latent; the geometry only this rank's
+    ``own`` share, because it all-reduces its sums and counts.
+    """
+    model.freeze_encoder_copy()
+    fit_normalizer(model.diffusion_head, latents)
+    model.geometry.init_from_latents(latents[own], labels[own])
+
+
+def compile_diffusion_loss(model, mode: str) -> None:
+    """Replace the stage-2 loss by its ``torch.compile`` wrapper."""
+    ori = unwrap(model)
+    ori.diffusion_loss = torch.compile(ori.diffusion_loss, mode=mode)
+
+
+def encode_frozen(model, inputs: torch.Tensor) -> torch.Tensor:
+    """E^(0)(x) the model's way (under ``no_grad``)."""
+    return unwrap(model).encode_frozen(inputs)
+
+
+def frozen_encoder_forward(model, inputs: torch.Tensor) -> torch.Tensor:
+    """E^(0)(x) part by part, leaving the grad mode to the caller."""
+    encoder = unwrap(model).frozen_encoder
+    return encoder['neck'](encoder['backbone'](inputs))
+
+
+def set_non_blocking(data_preprocessor, non_blocking: bool) -> None:
+    """mmengine keeps the preprocessor's copy mode private."""
+    data_preprocessor._non_blocking = non_blocking
+
+
+# ----------------------------------------------------------------------
+# LatentDiffusionHead, its schedule and sampler
+# ----------------------------------------------------------------------
+
+
+def head_sizes(head) -> Tuple[int, int]:
+    """``(latent_dim, num_timesteps)`` of a diffusion head."""
+    return head.latent_dim, head.schedule.num_timesteps
+
+
+def noise_schedule(head):
+    """The head's ``NoiseSchedule``."""
+    return head.schedule
+
+
+def perturb_denoiser(head, std: float) -> None:
+    """Normal ``fc2`` weights: trained blocks are not the identity."""
+    for block in head.denoiser.blocks:
+        torch.nn.init.normal_(block.fc2.weight, std=std)
+
+
+def fit_normalizer(head, latents: torch.Tensor) -> None:
+    head.normalizer.fit(latents)
+
+
+def denormalize(head, z: torch.Tensor) -> torch.Tensor:
+    """Standardised latents back to encoder space."""
+    return head.normalizer.denormalize(z)
+
+
+def sampling_denoiser(head, device: torch.device) -> torch.nn.Module:
+    """The network ``head.sample`` runs (a 16-bit copy under autocast)."""
+    return head._sampling_denoiser(device)
+
+
+def sample(head, labels: torch.Tensor, num_steps: int,
+           cuda_graph: bool = False) -> torch.Tensor:
+    """DDIM sampling through the head's own fast path."""
+    if cuda_graph:
+        return head.sample(labels, num_steps=num_steps, cuda_graph=True)
+    return head.sample(labels, num_steps=num_steps)
+
+
+def ddim_chain(head, num_steps: int) -> list:
+    """The descending DDIM timesteps of ``num_steps`` steps."""
+    return head.sampler.timesteps(head.schedule.num_timesteps,
+                                  num_steps).tolist()
+
+
+def ddim_step(head, eps: torch.Tensor, t: int, t_prev: int,
+              z: torch.Tensor) -> torch.Tensor:
+    """One DDIM update through the sampler's public ``step``."""
+    z, _ = head.sampler.step(head.schedule, eps, t, t_prev, z)
+    return z
+
+
+def schedule_tables(schedule) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(beta_t, sqrt(1 - abar_t))`` per timestep, float64 on the host."""
+    betas = schedule.betas.detach().double().cpu()
+    root = schedule.sqrt_one_minus_alphas_cumprod.detach().double().cpu()
+    return betas, root
+
+
+# ----------------------------------------------------------------------
+# ClassGeometry and the geometry losses
+# ----------------------------------------------------------------------
+
+
+def fill_geometry(geom, counts: torch.Tensor, prototypes: torch.Tensor,
+                  r_obs: torch.Tensor) -> None:
+    """An initialised geometry from given statistics (not timed)."""
+    geom.counts.copy_(counts)
+    geom.prototypes.copy_(prototypes)
+    geom.r_obs.copy_(r_obs)
+    geom.r_real.copy_(geom.r_obs)
+    geom.r_prior.copy_(geom.r_obs[geom.head_mask].mean())
+    geom.initialized.fill_(1)
+
+
+def geometry_tensors(geom) -> Tuple[torch.Tensor, ...]:
+    """``(prototypes, r_cal, valid_mask)``, read at call time."""
+    return geom.prototypes, geom.r_cal, geom.valid_mask
+
+
+def geometry_loss(losses: Sequence[torch.nn.Module], geom,
+                  z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PrototypeLoss + CalibratedRadiusLoss + PrototypeMarginLoss of ``z``.
+    """
+    protos, r_cal = geom.prototypes, geom.r_cal
+    return (losses[0](z, labels, protos) +
+            losses[1](z, labels, protos, r_cal) +
+            losses[2](z, labels, protos, geom.valid_mask))
+
+
+def ema_update_fn(geom) -> Callable:
+    """The bound ``ema_update(latents, labels)``, to call or compile."""
+    return geom.ema_update
+
+
+def ema_state(geom) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(prototypes, r_obs)``: the buffers the EMA updates in place."""
+    return geom.prototypes, geom.r_obs
+
+
+def ema_momenta(geom) -> Tuple[float, float]:
+    """``(proto_momentum, radius_momentum)`` of the EMA."""
+    return geom.proto_momentum, geom.radius_momentum
