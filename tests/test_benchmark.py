@@ -325,8 +325,9 @@ class TestSamplingFastPaths(TestCase):
             head.sample(labels, z_T=z_T, cuda_graph=True),
             head.sample(labels, z_T=z_T))
         self.assertNotIn('_sample_graphs', head.__dict__)
-        with self.assertRaisesRegex(ValueError, '`clamp` must be None'):
-            head.sample(labels, clamp=0.0, cuda_graph=True)
+        # Arguments are checked before either path is taken.
+        with self.assertRaisesRegex(ValueError, 'exceeds the T='):
+            head.sample(labels, num_steps=10**6, cuda_graph=True)
 
 
 class TestLabelSmoothCELoss(TestCase):

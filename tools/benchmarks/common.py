@@ -219,9 +219,7 @@ class BenchmarkContext:
         latents = (mu[labels] +
                    0.5 * torch.randn(labels.numel(), d, generator=gen)).relu()
         latents, labels = latents.to(self.device), labels.to(self.device)
-        own = torch.arange(labels.numel(), device=self.device)
-        own = own[own % self.world_size == self.rank]
-        internals.init_latent_state(model, latents, labels, own)
+        internals.init_latent_state(model, latents, labels)
 
     # ------------------------------------------------------------------
     # data

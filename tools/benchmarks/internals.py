@@ -8,10 +8,13 @@ API (some are being renamed). They do so only through the functions of
 this module, so that such a rename is followed here and nowhere else:
 
 * ``set_stage``: ``GALDDCClassifier.set_stage``;
-* ``init_latent_state``: ``GALDDCClassifier.freeze_encoder_copy``,
-  ``diffusion_head.normalizer.fit``, ``geometry.init_from_latents``;
-* ``compile_diffusion_loss``: ``GALDDCClassifier.diffusion_loss``,
-  replaced by its ``torch.compile`` wrapper;
+* ``train_iteration``: ``train_step`` plus the EMA of the class statistics
+  that ``ClassGeometryHook`` applies after a stage-2 step
+  (``take_geometry_batch``, ``geometry.ema_update``);
+* ``init_latent_state``: ``GALDDCClassifier.freeze_encoder_copy`` and
+  ``fit_latent_statistics``;
+* ``compile_diffusion_loss``: ``LatentDiffusionHead.loss`` (the stage-2
+  losses), replaced by its ``torch.compile`` wrapper;
 * ``encode_frozen``: ``GALDDCClassifier.encode_frozen``;
 * ``frozen_encoder_forward``: ``GALDDCClassifier.frozen_encoder``'s
   ``'backbone'`` and ``'neck'``;
@@ -36,7 +39,7 @@ this module, so that such a rename is followed here and nowhere else:
 from typing import Callable, Sequence, Tuple
 
 import torch
-from mmengine.model import is_model_wrapper
+from mmpretrain.utils import get_ori_model
 
 # ----------------------------------------------------------------------
 # GALDDCClassifier
@@ -44,11 +47,23 @@ from mmengine.model import is_model_wrapper
 
 
 def unwrap(model):
-    """The model inside a DDP wrapper (the model itself otherwise).
+    """The model inside a DDP wrapper (the model itself otherwise)."""
+    return get_ori_model(model)
 
-    mmengine 0.10.7 has no ``get_ori_model``; this is its body.
+
+def train_iteration(model, batch, optim) -> None:
+    """One training iteration as the runner does it, hooks' work included.
+
+    After a stage-2 step ``ClassGeometryHook`` moves the class statistics
+    towards the step's denoised estimates; a step of another stage hands
+    over no batch and this is ``train_step`` alone.
     """
-    return model.module if is_model_wrapper(model) else model
+    model.train_step(batch, optim)
+    ori = unwrap(model)
+    take = getattr(ori, 'take_geometry_batch', None)  # not on baselines
+    geometry_batch = None if take is None else take()
+    if geometry_batch is not None:
+        ori.geometry.ema_update(geometry_batch.latents, geometry_batch.labels)
 
 
 def set_stage(model, stage: str, mode=None) -> None:
@@ -57,22 +72,19 @@ def set_stage(model, stage: str, mode=None) -> None:
 
 
 @torch.no_grad()
-def init_latent_state(model, latents: torch.Tensor, labels: torch.Tensor,
-                      own: torch.Tensor) -> None:
-    """Freeze E^(0), fit the normaliser and the geometry on ``latents``.
-
-    The normaliser sees every latent; the geometry only this rank's
-    ``own`` share, because it all-reduces its sums and counts.
-    """
+def init_latent_state(model, latents: torch.Tensor,
+                      labels: torch.Tensor) -> None:
+    """Freeze E^(0), fit the normaliser and the geometry on ``latents``
+    (the whole set, as every rank holds the gathered cache)."""
+    model = unwrap(model)
     model.freeze_encoder_copy()
-    fit_normalizer(model.diffusion_head, latents)
-    model.geometry.init_from_latents(latents[own], labels[own])
+    model.fit_latent_statistics(latents, labels)
 
 
 def compile_diffusion_loss(model, mode: str) -> None:
-    """Replace the stage-2 loss by its ``torch.compile`` wrapper."""
-    ori = unwrap(model)
-    ori.diffusion_loss = torch.compile(ori.diffusion_loss, mode=mode)
+    """Replace the stage-2 losses by their ``torch.compile`` wrapper."""
+    head = unwrap(unwrap(model).diffusion_head)
+    head.loss = torch.compile(head.loss, mode=mode)
 
 
 def encode_frozen(model, inputs: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ def bench_train(ctx, name, warmup=None, iters=None, suffix=''):
         get_batch = ctx.latent_batch()
 
     def step(batch):
-        model.train_step(batch, optim)
+        internals.train_iteration(model, batch, optim)
 
     seconds, wait = time_loop(ctx, step, get_batch, warmup, iters)
     syncs, sites = count_syncs(ctx, step, get_batch(warmup + iters))
@@ -113,7 +113,7 @@ def bench_layout(ctx):
 
 
 def bench_compiled_stage2(ctx):
-    """Stage 2 on cached latents: ``diffusion_loss`` compiled, fused AdamW.
+    """Stage 2 on cached latents: the head's ``loss`` compiled, fused AdamW.
     """
     args = ctx.args
     ctx.reset()
@@ -122,7 +122,7 @@ def bench_compiled_stage2(ctx):
     get_batch = ctx.latent_batch()
 
     def step(batch):
-        model.train_step(batch, optim)
+        internals.train_iteration(model, batch, optim)
 
     start = time.perf_counter()
     step(get_batch(0))
