@@ -23,7 +23,10 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: The tests folder: on PYTHONPATH of tool subprocesses that load test-only
+#: hooks (``crash_hook``) through ``custom_imports``.
+TESTS_DIR = osp.dirname(osp.abspath(__file__))
+REPO_ROOT = osp.dirname(TESTS_DIR)
 DIGITS_CONFIG = osp.join(REPO_ROOT, 'configs', 'baselines', 'ce_digits_lt.py')
 
 

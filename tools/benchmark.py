@@ -76,7 +76,7 @@ TOOLS = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(TOOLS)
 # The benchmarks are the package tools/benchmarks: import it from tools/,
 # which is on the path when this file runs as a script but not when it is
-# loaded as a module (tests/test_benchmark.py).
+# loaded as a module (tests/test_tools/test_benchmark.py).
 if TOOLS not in sys.path:
     sys.path.insert(0, TOOLS)
 from benchmarks import (  # noqa: E402

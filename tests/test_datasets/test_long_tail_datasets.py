@@ -6,6 +6,7 @@ import tempfile
 from unittest import TestCase
 
 import numpy as np
+from conftest import REPO_ROOT
 from data_utils import image_id, make_cifar_pickles, make_list_dataset
 from mmengine.config import Config
 from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
@@ -21,7 +22,7 @@ from galddc_mm.datasets.list_lt import parse_list_file
 from galddc_mm.datasets.long_tail import class_bands, long_tail_counts
 from galddc_mm.datasets.places_lt import PlacesLT
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = REPO_ROOT
 
 
 def ldam_reference(targets, num_classes, imb_factor):

@@ -13,10 +13,15 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port, read_final_metrics, run_tool
+from conftest import (
+    REPO_ROOT,
+    TESTS_DIR,
+    free_port,
+    read_final_metrics,
+    run_tool,
+)
 
 CONFIG = 'configs/galddc/r20_digitslt.py'
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
 # Stages: representation epochs 1-2, diffusion 3-4, finetune 5-6.
 TINY = [
     'train_cfg.stages.0.epochs=2',

@@ -18,10 +18,9 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REPO_ROOT, read_final_metrics, run_tool
+from conftest import REPO_ROOT, TESTS_DIR, read_final_metrics, run_tool
 
 CONFIG = 'configs/galddc/r20_digitslt.py'
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
 # Stages: representation epochs 1-2, diffusion 3-4, finetune 5-6.
 TINY = [
     'train_cfg.stages.0.epochs=2',

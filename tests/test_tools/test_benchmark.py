@@ -12,12 +12,13 @@ from unittest import TestCase
 
 import numpy as np
 import torch
+from conftest import REPO_ROOT
 from mmpretrain.registry import DATASETS, MODELS
 
 import galddc_mm  # noqa: F401
 from galddc_mm.datasets import long_tail_counts
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = REPO_ROOT
 TOOL = osp.join(ROOT, 'tools', 'benchmark.py')
 
 
