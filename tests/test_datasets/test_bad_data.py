@@ -2,8 +2,9 @@
 """Bad data: unreadable images, empty classes, an incomplete latent cache.
 
 Missing data roots / list files, malformed list lines (with line number)
-and out-of-range labels are tested in ``test_datasets/test_long_tail_datasets.py``
-(``TestListDatasets.test_errors``, ``TestCIFARLT.test_errors``).
+and out-of-range labels are tested in
+``test_datasets/test_long_tail_datasets.py`` (``TestListDatasets.test_errors``,
+``TestCIFARLT.test_errors``).
 """
 import os.path as osp
 import tempfile

@@ -1,7 +1,8 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """FinalMetricsHook on a tiny Runner: the table and final_metrics.json.
 
-Through the tools (ours and MMPretrain's) in ``test_tools/test_train_test_tools.py``.
+Through the tools (ours and MMPretrain's) in
+``test_tools/test_train_test_tools.py``.
 """
 import json
 import os.path as osp

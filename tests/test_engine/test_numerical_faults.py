@@ -2,7 +2,8 @@
 """Numerical faults: a NaN/Inf loss stops the run, huge latents are clamped.
 
 The end-to-end side (a NaN injected into stage 2 of a real run, the last
-good checkpoint left intact) is in ``test_tools/test_interruption_and_resume.py``.
+good checkpoint left intact) is in
+``test_tools/test_interruption_and_resume.py``.
 """
 import math
 from types import SimpleNamespace

@@ -6,7 +6,8 @@ with the atomic file backend, and ``AtomicCheckpointHook`` (checkpoints,
 ``best_*`` files and the ``last_checkpoint`` pointer) on a tiny Runner;
 the fallback through ``GALDDCRunner``'s auto resume. The end-to-end side
 (a process SIGKILLed while writing a checkpoint, a truncated latest
-checkpoint and ``--resume``) is in ``test_tools/test_interruption_and_resume.py``.
+checkpoint and ``--resume``) is in
+``test_tools/test_interruption_and_resume.py``.
 """
 import glob
 import io
