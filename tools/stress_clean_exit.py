@@ -42,6 +42,7 @@ TINY = [
     'model.diffusion_head.denoiser.hidden_dim=64',
     'model.diffusion_head.sampler.num_steps=5',
     'custom_hooks.0.num_per_class=4',
+    'custom_hooks.0.gate=warn',
     'default_hooks.logger.interval=5',
 ]
 ABORT = re.compile(r'terminate called|SIGABRT|exitcode\s*:\s*-6')
@@ -89,7 +90,7 @@ def config_for(repo: str, folder: str, inject: bool) -> str:
 custom_imports = dict(
     imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
 custom_hooks = [
-    dict(type='GenerationReportHook', num_per_class=4),
+    dict(type='GenerationReportHook', num_per_class=4, gate='warn'),
     dict(type='RankConsistencyHook'),
     dict(type='LateLastCollectiveHook', rank=1),
 ]

@@ -36,6 +36,11 @@ model = dict(
         # The seed's clamp of the denoised estimate z~0 (losses and
         # sampling); None: no clamp.
         feature_clamp_max=None,
+        # Sampling bounds each dimension of the estimate z^0 by the range
+        # the standardised training latents take (diffusers' clip_sample,
+        # for latents): an under-trained denoiser cannot sample latents
+        # hundreds of radii wide. None: unbounded.
+        clip_z0='data',
         # The geometry losses and the EMA see this fraction of each batch,
         # the least noisy (1.0: all, as the seed).
         geometry_t_fraction=1.0),
@@ -114,8 +119,9 @@ default_hooks = dict(
 )
 
 custom_hooks = [
-    # End of stage 2: what the diffusion head generates, per class and band.
-    dict(type='GenerationReportHook', num_per_class=50),
+    # End of stage 2: what the diffusion head generates, per class and band,
+    # and the gate before stage 3 (gate='warn' logs instead of stopping).
+    dict(type='GenerationReportHook', num_per_class=50, gate='error'),
     # End of training: geometry, normaliser and E^(0) identical on all ranks.
     dict(type='RankConsistencyHook'),
 ]

@@ -486,12 +486,23 @@ class TestLatentNormalizer(TestCase):
         norm = LatentNormalizer(3)
         norm.fit(torch.randn(50, 3) * 4 + 1)
         state = norm.state_dict()
-        self.assertEqual(set(state), {'mean', 'std', 'fitted'})
+        self.assertEqual(set(state),
+                         {'mean', 'std', 'data_min', 'data_max', 'fitted'})
         fresh = LatentNormalizer(3)
         fresh.load_state_dict(state)
         self.assertTrue(fresh.fitted)
         z = torch.randn(5, 3)
         torch.testing.assert_close(fresh.normalize(z), norm.normalize(z))
+
+    def test_records_the_standardised_range(self):
+        norm = LatentNormalizer(3)
+        self.assertTrue(torch.isinf(norm.data_min).all())  # unbounded
+        x = torch.randn(50, 3) * torch.tensor([1., 4., 9.]) + 2
+        norm.fit(x)
+        torch.testing.assert_close(norm.data_min,
+                                   norm.normalize(x).amin(dim=0))
+        torch.testing.assert_close(norm.data_max,
+                                   norm.normalize(x).amax(dim=0))
 
     def test_invalid_input(self):
         norm = LatentNormalizer(3)

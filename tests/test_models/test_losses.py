@@ -408,3 +408,58 @@ class TestPseudoLatentCELoss(_LossCase):
         with self.assertRaisesRegex(ValueError, 'label_smooth_val'):
             MODELS.build(
                 dict(type='PseudoLatentCELoss', label_smooth_val=1.))
+
+
+class TestGeometryUnderAutocast(TestCase):
+    """Distances, radii, margin and EMA in float32 under any autocast.
+
+    Latents of norm ~20 in 2048 dimensions, prototypes whose squared
+    distances (~1.08) just clear the margin of 1: each latent sits on its
+    own prototype, so float32 gives a hinge of exactly 0, while the
+    ||z||^2 - 2 z.mu + ||mu||^2 expansion in bf16/fp16 (the optimiser's
+    autocast, where stage 2 runs) breaches it (0.75 in bf16, 0.09 in fp16
+    without the float32 context).
+    """
+
+    def _case(self):
+        g = torch.Generator().manual_seed(0)
+        centre = torch.randn(2048, generator=g)
+        offsets = torch.randn(8, 2048, generator=g)
+        protos = centre / centre.norm() * 20 + 0.75 * offsets / offsets.norm(
+            dim=1, keepdim=True)
+        labels = torch.arange(32) % 8
+        z = protos[labels] + 0.01 * torch.randn(32, 2048, generator=g)
+        z[:8] = protos  # distance exactly 0 to the own prototype
+        return z, labels, protos, torch.full((8, ), 0.3)
+
+    def _values(self, dtype=None):
+        from galddc_mm.models.geometry import ClassGeometry
+        z, labels, protos, r_cal = self._case()
+        losses = dict(
+            proto=MODELS.build(dict(type='PrototypeLoss')),
+            radius=MODELS.build(dict(type='CalibratedRadiusLoss')),
+            margin=MODELS.build(dict(type='PrototypeMarginLoss', margin=1.)))
+        geometry = ClassGeometry(num_classes=8, latent_dim=2048, tau=3,
+                                 proto_momentum=0.5, radius_momentum=0.5)
+        geometry.init_from_latents(protos[labels], labels)
+        with torch.autocast('cpu', dtype=dtype or torch.bfloat16,
+                            enabled=dtype is not None):
+            out = dict(
+                proto=losses['proto'](z, labels, protos),
+                radius=losses['radius'](z, labels, protos, r_cal),
+                margin=losses['margin'](z, labels, protos))
+            geometry.ema_update(z, labels)
+        out['ema_prototypes'] = geometry.prototypes
+        out['ema_radii'] = geometry.r_obs
+        return out
+
+    def test_bf16_and_fp16_equal_fp32(self):
+        ref = self._values()
+        self.assertEqual(float(ref['margin']), 0.)
+        for dtype in (torch.bfloat16, torch.float16):
+            got = self._values(dtype)
+            for key, value in ref.items():
+                self.assertEqual(got[key].dtype, torch.float32, key)
+                torch.testing.assert_close(
+                    got[key], value, rtol=0, atol=1e-4,
+                    msg=f'{key} under {dtype}')

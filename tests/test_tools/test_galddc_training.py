@@ -9,6 +9,7 @@ gloo tests run 2 processes.
 import json
 import os
 import os.path as osp
+import re
 import sys
 
 import pytest
@@ -32,6 +33,8 @@ TINY = [
     'model.diffusion_head.denoiser.hidden_dim=64',
     'model.diffusion_head.sampler.num_steps=5',
     'custom_hooks.0.num_per_class=4',
+    # A tiny stage 2 samples poor latents: report, but go on to stage 3.
+    'custom_hooks.0.gate=warn',
     'default_hooks.checkpoint.max_keep_ckpts=-1',
     'default_hooks.logger.interval=5',
 ]
@@ -58,7 +61,7 @@ def _crash_config(folder, epoch):
 custom_imports = dict(
     imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
 custom_hooks = [
-    dict(type='GenerationReportHook', num_per_class=4),
+    dict(type='GenerationReportHook', num_per_class=4, gate='warn'),
     dict(type='RankConsistencyHook'),
     dict(type='CrashAfterEpochHook', epoch={epoch}),
 ]
@@ -154,6 +157,40 @@ class TestStagedTraining:
                 torch.testing.assert_close(got[key], ref[key], msg=key)
         assert _test_metrics(work_dir) == _test_metrics(ref_dir)
 
+
+
+class TestGenerationGate:
+    """Stage 2 cut to one iteration: its latents must not reach stage 3."""
+
+    ONE_STEP = ['train_cfg.stages.1.epochs=1', 'train_cfg.stages.1.repeat=1',
+                'train_cfg.stages.1.batch_size=512',
+                'train_cfg.stages.2.epochs=1', 'custom_hooks.0.gate=error']
+
+    def test_gate_stops_then_warn_resumes(self, tmp_path):
+        work_dir = str(tmp_path)
+        proc = _train(work_dir, options=self.ONE_STEP, check=False)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert re.search(
+            r'GenerationGateError: Generation gate: the latents stage 2 '
+            r"generates are unfit to train stage 3 on: .*band '\w+'.*"
+            r'outside \[0\.25, 4\].*The stage-2 checkpoint \S*epoch_3\.pth '
+            r'is kept', log), log[-3000:]
+        assert 'Entering stage finetune' not in log
+        # Epochs 1-2: stage 1, epoch 3: the single stage-2 iteration.
+        assert osp.isfile(osp.join(work_dir, 'epoch_3.pth'))
+        with open(osp.join(work_dir, 'generation_report.json')) as f:
+            report = json.load(f)
+        assert not report['gate']['passed'] and report['gate']['problems']
+        # A warning instead: --resume continues into stage 3 and says why
+        # it should not have.
+        proc = _train(
+            work_dir, '--resume',
+            options=self.ONE_STEP + ['custom_hooks.0.gate=warn'])
+        log = proc.stdout + proc.stderr
+        assert 'Entering stage finetune' in log
+        assert re.search(r'WARNING - Generation gate: the latents', log)
+        assert osp.isfile(osp.join(work_dir, 'epoch_4.pth'))
 
 def _torchrun(nproc):
     return [

@@ -139,6 +139,16 @@ class LatentDiffusionHead(BaseModule):
             denoised estimates and prototypes before the geometry losses and
             of the DDIM z0 estimate at every sampling step (the seed's
             ``feature_clamp_max``). Defaults to None (no clamp).
+        clip_z0 (str | float, optional): Bound of the DDIM z0 estimate at
+            every sampling step, in standardised units. ``'data'``: each
+            dimension within the range the standardised training latents
+            take (``normalizer.data_min``/``data_max``, recorded when the
+            normaliser is fitted): diffusers' ``clip_sample`` for latents,
+            whose range is the data's, not [-1, 1]. A float ``c``: within
+            ``[-c, c]``. At large t the estimate divides the noise error by
+            sqrt(abar_t) (~1/157 at t = 960 of the linear schedule), so an
+            under-trained denoiser otherwise samples latents hundreds of
+            radii wide. Defaults to None (unbounded).
         geometry_t_fraction (float): The fraction of each batch, the
             samples with the smallest t, that enters the geometry losses and
             the EMA of the class statistics. At large t the estimate z~0
@@ -176,7 +186,8 @@ class LatentDiffusionHead(BaseModule):
             margin_loss: dict = dict(  # noqa: B006
                 type='PrototypeMarginLoss'),
             feature_clamp_max: Optional[float] = None,
-            geometry_t_fraction: float = 1.0):
+            geometry_t_fraction: float = 1.0,
+            clip_z0: Optional[Union[str, float]] = None):
         super().__init__(init_cfg=init_cfg)
         for name, value in (('latent_dim', latent_dim), ('num_classes',
                                                          num_classes)):
@@ -212,8 +223,14 @@ class LatentDiffusionHead(BaseModule):
         if not 0 < geometry_t_fraction <= 1:
             raise ValueError('geometry_t_fraction must lie in (0, 1], got '
                              f'{geometry_t_fraction}.')
+        if not (clip_z0 is None or clip_z0 == 'data' or
+                (isinstance(clip_z0, (int, float))
+                 and not isinstance(clip_z0, bool) and clip_z0 > 0)):
+            raise ValueError("clip_z0 must be None, 'data' or a float > 0, "
+                             f'got {clip_z0!r}.')
         self.feature_clamp_max = feature_clamp_max
         self.geometry_t_fraction = float(geometry_t_fraction)
+        self.clip_z0 = clip_z0
 
     def check_sampling_steps(self, num_steps: Optional[int],
                              key: str) -> None:
@@ -367,9 +384,9 @@ class LatentDiffusionHead(BaseModule):
                cuda_graph: bool = False) -> Tensor:
         """Draw latents :math:`\\hat z_0 \\sim p_\\theta(z_0 | y)` by DDIM.
 
-        With ``feature_clamp_max`` set, the :math:`\\hat z_0` estimate is
-        clamped to ``[-c, c]`` in ENCODER space at every step (and so is the
-        result), as in the stage-2 losses.
+        The :math:`\\hat z_0` estimate is bounded at every step (and so is
+        the result) by ``clip_z0`` in standardised units and by
+        ``feature_clamp_max`` in encoder space, as in the stage-2 losses.
 
         Sampling uses the denoiser as it is; call ``.eval()`` first if it
         has dropout. Under autocast with a 16-bit dtype, the linear layers
@@ -415,12 +432,21 @@ class LatentDiffusionHead(BaseModule):
                 generator: Optional[torch.Generator],
                 z_T: Optional[Tensor]) -> Tensor:
         """The eager sampling chain behind :meth:`sample`."""
+        lo = hi = None
+        if self.clip_z0 == 'data':
+            lo, hi = self.normalizer.data_min, self.normalizer.data_max
+        elif self.clip_z0 is not None:
+            lo, hi = -float(self.clip_z0), float(self.clip_z0)
         z0_fn = None
-        if clamp is not None:
+        if clamp is not None or lo is not None:
 
             def z0_fn(z: Tensor) -> Tensor:
-                z = self.normalizer.denormalize(z).clamp(-clamp, clamp)
-                return self.normalizer.normalize(z)
+                if lo is not None:
+                    z = torch.clamp(z, lo, hi)
+                if clamp is not None:
+                    z = self.normalizer.denormalize(z).clamp(-clamp, clamp)
+                    z = self.normalizer.normalize(z)
+                return z
 
         z0 = self.sampler.sample(
             self._sampling_denoiser(labels.device),
@@ -495,7 +521,7 @@ class LatentDiffusionHead(BaseModule):
         # The graph reads the weights where they are (or refreshes the
         # 16-bit copy from them inside the graph): new storage, new graph.
         key = (labels.shape[0], str(device), num_steps, eta, guidance_scale,
-               clamp, dtype,
+               clamp, self.clip_z0, dtype,
                tuple(p.data_ptr() for p in self.denoiser.parameters()))
         graphs = self.__dict__.setdefault('_sample_graphs', OrderedDict())
         entry = graphs.get(key)

@@ -18,8 +18,13 @@ class LatentNormalizer(nn.Module):
     Pooled CNN features are non-negative with very different scales per
     channel; diffusion assumes roughly unit-scale data, hence this step.
 
-    ``mean``, ``std`` and ``fitted`` are persistent buffers: checkpoints and
-    resume carry them. Before :meth:`fit` the map is the identity.
+    :meth:`fit` also records the range the standardised latents take,
+    ``data_min``/``data_max`` per dimension, so that sampling can bound its
+    estimate by the data (see ``LatentDiffusionHead(clip_z0='data')``).
+
+    ``mean``, ``std``, ``data_min``, ``data_max`` and ``fitted`` are
+    persistent buffers: checkpoints and resume carry them. Before
+    :meth:`fit` the map is the identity and the range unbounded.
 
     Args:
         latent_dim (int): Latent dimension ``D``.
@@ -38,6 +43,10 @@ class LatentNormalizer(nn.Module):
         self.eps = eps
         self.register_buffer('mean', torch.zeros(latent_dim))
         self.register_buffer('std', torch.ones(latent_dim))
+        self.register_buffer('data_min',
+                             torch.full((latent_dim, ), -float('inf')))
+        self.register_buffer('data_max',
+                             torch.full((latent_dim, ), float('inf')))
         self.register_buffer('fitted', torch.tensor(False))
 
     def _check(self, z: Tensor, name: str) -> None:
@@ -67,6 +76,9 @@ class LatentNormalizer(nn.Module):
             latents.double(), dim=0, correction=0)
         self.mean.copy_(mean)
         self.std.copy_(var.sqrt().clamp(min=self.eps))
+        standardised = self.normalize(latents.to(self.mean))
+        self.data_min.copy_(standardised.amin(dim=0))
+        self.data_max.copy_(standardised.amax(dim=0))
         self.fitted.fill_(True)
 
     def normalize(self, z: Tensor) -> Tensor:

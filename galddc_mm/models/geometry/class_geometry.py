@@ -10,6 +10,8 @@ from mmpretrain.registry import MODELS
 
 from galddc_mm.datasets.long_tail import head_tail_masks
 
+from ..losses.utils import float32_geometry
+
 
 def _format_classes(classes: Sequence[int], limit: int = 20) -> str:
     """``[3, 7, ...]`` with at most ``limit`` entries and the total."""
@@ -389,9 +391,13 @@ class ClassGeometry(BaseModule):
                     'it).')
             self._known_initialized = True
         self._check_inputs(latents, labels, 'ema_update', full_check=False)
+        # float32 whatever the autocast state (see float32_geometry).
+        with float32_geometry(self.prototypes.device.type):
+            self._ema_update(latents.to(self.prototypes),
+                             labels.to(self.prototypes.device, torch.long))
+
+    def _ema_update(self, z: torch.Tensor, y: torch.Tensor) -> None:
         num_classes, dim = self.num_classes, self.latent_dim
-        z = latents.to(self.prototypes)
-        y = labels.to(self.prototypes.device, torch.long)
 
         # Batch class means m_y (sums and counts in one collective).
         acc = z.new_zeros(num_classes, dim + 1)

@@ -4,7 +4,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
 
-from .utils import check_latents_and_prototypes, zero_loss
+from .utils import (
+    check_latents_and_prototypes,
+    float32_geometry,
+    geometry_dtype,
+    zero_loss,
+)
 
 
 @MODELS.register_module()
@@ -57,11 +62,12 @@ class CalibratedRadiusLoss(nn.Module):
                              f'prototypes, but got {tuple(r_cal.shape)}.')
         if z0_hat.shape[0] == 0:
             return zero_loss(z0_hat)
-        # The subtraction promotes fp16 latents to the fp32 prototypes.
-        diff = z0_hat - prototypes.detach()[labels]
-        # vector_norm's backward is masked to 0 where the norm is 0 (a
-        # valid subgradient), unlike sqrt(sum(diff^2)) whose gradient is
-        # NaN there; tests pin this.
-        dist = torch.linalg.vector_norm(diff, dim=1)
-        target = r_cal.detach()[labels].to(dist.dtype)
-        return F.mse_loss(dist, target) * self.loss_weight
+        dtype = geometry_dtype(z0_hat, prototypes)
+        with float32_geometry(z0_hat.device.type):
+            diff = z0_hat.to(dtype) - prototypes.detach()[labels].to(dtype)
+            # vector_norm's backward is masked to 0 where the norm is 0 (a
+            # valid subgradient), unlike sqrt(sum(diff^2)) whose gradient
+            # is NaN there; tests pin this.
+            dist = torch.linalg.vector_norm(diff, dim=1)
+            target = r_cal.detach()[labels].to(dtype)
+            return F.mse_loss(dist, target) * self.loss_weight

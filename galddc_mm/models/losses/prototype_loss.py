@@ -4,7 +4,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
 
-from .utils import check_latents_and_prototypes, zero_loss
+from .utils import (
+    check_latents_and_prototypes,
+    float32_geometry,
+    geometry_dtype,
+    zero_loss,
+)
 
 
 @MODELS.register_module()
@@ -49,8 +54,8 @@ class PrototypeLoss(nn.Module):
         if z0_hat.shape[0] == 0:
             return zero_loss(z0_hat)
         # Every row has D elements, so the element mean of F.mse_loss
-        # equals mean_i mean_d. Both sides go to the wider dtype (fp16
-        # latents against fp32 prototypes outside autocast).
-        dtype = torch.promote_types(z0_hat.dtype, prototypes.dtype)
-        target = prototypes.detach()[labels].to(dtype)
-        return F.mse_loss(z0_hat.to(dtype), target) * self.loss_weight
+        # equals mean_i mean_d. In float32 whatever the autocast state.
+        dtype = geometry_dtype(z0_hat, prototypes)
+        with float32_geometry(z0_hat.device.type):
+            target = prototypes.detach()[labels].to(dtype)
+            return F.mse_loss(z0_hat.to(dtype), target) * self.loss_weight

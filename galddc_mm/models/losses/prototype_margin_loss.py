@@ -6,7 +6,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
 
-from .utils import check_latents_and_prototypes, zero_loss
+from .utils import (
+    check_latents_and_prototypes,
+    float32_geometry,
+    geometry_dtype,
+    zero_loss,
+)
 
 
 @MODELS.register_module()
@@ -80,17 +85,23 @@ class PrototypeMarginLoss(nn.Module):
         if z0_hat.shape[0] == 0:
             return zero_loss(z0_hat)
 
-        # Compute in the wider of the two dtypes (fp32 prototypes with fp16
-        # latents outside autocast).
-        dtype = torch.promote_types(z0_hat.dtype, prototypes.dtype)
-        protos = prototypes.detach().to(dtype)
+        dtype = geometry_dtype(z0_hat, prototypes)
+        with float32_geometry(z0_hat.device.type):
+            return self._hinge(z0_hat.to(dtype),
+                               prototypes.detach().to(dtype), labels,
+                               valid_mask) * self.loss_weight
+
+    def _hinge(self, z0_hat: torch.Tensor, protos: torch.Tensor,
+               labels: torch.Tensor,
+               valid_mask: Optional[torch.Tensor]) -> torch.Tensor:
         # ||z_i - mu_k||^2 = ||z_i||^2 + ||mu_k||^2 - 2 z_i . mu_k. The term
         # ||z_i||^2 is the same for the positive and every negative of row
         # i, so it cancels in the hinge and in the argmin: one addmm gives
         # a_ik = ||mu_k||^2 - 2 z_i . mu_k for all (i, k), and
-        # ||z_i - mu_y||^2 - ||z_i - mu_k||^2 = a_iy - a_ik exactly.
-        a = torch.addmm(protos.pow(2).sum(dim=1), z0_hat.to(dtype),
-                        protos.t(), alpha=-2)  # (B, K)
+        # ||z_i - mu_y||^2 - ||z_i - mu_k||^2 = a_iy - a_ik exactly. In
+        # bf16/fp16 the expansion cancels badly, hence float32 above.
+        a = torch.addmm(protos.pow(2).sum(dim=1), z0_hat, protos.t(),
+                        alpha=-2)  # (B, K)
         index = labels.long()[:, None]
         pos = a.gather(1, index)  # (B, 1)
         # Own class and invalid prototypes are no negatives: +inf. A row
@@ -101,4 +112,4 @@ class PrototypeMarginLoss(nn.Module):
         if valid_mask is not None:
             neg = neg.masked_fill(~valid_mask.to(neg.device), float('inf'))
         hinge = F.relu(pos - neg.amin(dim=1, keepdim=True) + self.margin)
-        return hinge.mean() * self.loss_weight
+        return hinge.mean()

@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """Input checks and small numerics shared by the GALD-DC losses."""
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -20,6 +21,31 @@ def zero_loss(x: torch.Tensor) -> torch.Tensor:
         torch.Tensor: ``x.sum() * 0``, a 0-dim tensor.
     """
     return x.sum() * 0.
+
+
+@contextmanager
+def float32_geometry(device_type: str):
+    """Run distances and radii in float32, whatever the autocast state.
+
+    Inside the optimiser's autocast, matrix products run in bf16/fp16, and
+    distance expansions such as ``||z||^2 - 2 z.mu + ||mu||^2`` cancel
+    catastrophically there (on 2048-d latents with ``||mu||^2 ~ 550`` a
+    squared distance of 0 comes out near 2 in bf16). The geometry losses
+    and statistics open this context and cast their inputs to float32.
+
+    Args:
+        device_type (str): The inputs' device type (``'cuda'``, ``'cpu'``).
+    """
+    with torch.autocast(device_type, enabled=False):
+        yield
+
+
+def geometry_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when an input is float64 (never 16-bit)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
 
 
 def check_same_shape(name: str, a: torch.Tensor, b_name: str,
