@@ -55,6 +55,10 @@ model = dict(
                           loss_weight=1.0),                           # beta
     pseudo_batch_size=None,       # None: as many pseudo as real latents
     pseudo_label_dist='inverse',  # 'inverse' | 'tail' | 'uniform'
+    # Stage 3 draws each epoch's pseudo-latents at its start, in large
+    # batches, from a (seed, epoch, rank) generator; False samples inside
+    # every step (the seed's way).
+    pseudo_bank=True,
 )
 
 # Stages are data: the loop derives the stage from the epoch counter, so

@@ -328,6 +328,58 @@ class TestGALDDCClassifier(TestCase):
         self.assertEqual(latents.shape, (16, 64))
         self.assertFalse(latents.requires_grad)
 
+    def test_pseudo_bank_hands_out_an_epoch_of_latents(self):
+        model = _build(pseudo_bank=True, pseudo_bank_chunk=7)
+        _init_geometry(model, counts=(6, 5, 2, 1))
+        model.set_stage('finetune', 'stable')
+        model.eval()
+        self.assertEqual(model.prepare_pseudo_bank(5, 4, seed=3), 20)
+        bank_latents, bank_labels, _ = model._bank
+        first = model.sample_pseudo_latents(4, torch.device('cpu'))
+        second = model.sample_pseudo_latents(4, torch.device('cpu'))
+        torch.testing.assert_close(first[0], bank_latents[:4])
+        torch.testing.assert_close(second[1], bank_labels[4:8])
+        # The same seed draws the same bank (a resumed epoch), another
+        # seed (another rank or epoch) another one.
+        model.prepare_pseudo_bank(5, 4, seed=3)
+        torch.testing.assert_close(model._bank[0], bank_latents)
+        model.prepare_pseudo_bank(5, 4, seed=4)
+        self.assertFalse(torch.equal(model._bank[1], bank_labels))
+        # Past its end, steps sample for themselves.
+        model.prepare_pseudo_bank(1, 4, seed=3)
+        model.sample_pseudo_latents(4, torch.device('cpu'))
+        latents, labels = model.sample_pseudo_latents(4, torch.device('cpu'))
+        self.assertEqual(latents.shape, (4, 64))
+        self.assertIsNone(model._bank)
+        # Off: nothing is drawn ahead.
+        off = _build()
+        self.assertEqual(off.prepare_pseudo_bank(5, 4, seed=3), 0)
+
+    def test_pseudo_bank_equals_per_step_sampling(self):
+        model = _build()
+        _init_geometry(model, counts=(6, 5, 2, 1))
+        model.eval()
+        # Same labels and starting noise: one big batch (the bank) gives
+        # the latents that per-step batches give (deterministic DDIM).
+        g = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 4, (24, ), generator=g)
+        z_T = torch.randn(24, 64, generator=g)
+        bank = model.generate_latents(labels, z_T=z_T)
+        steps = torch.cat([
+            model.generate_latents(labels[i:i + 8], z_T=z_T[i:i + 8])
+            for i in range(0, 24, 8)
+        ])
+        torch.testing.assert_close(bank, steps, rtol=1e-5, atol=1e-5)
+        # And the labels follow the same distribution (p ~ 1 / n_y): a
+        # chi-square test on 4000 bank labels.
+        model.pseudo_bank = True
+        model.prepare_pseudo_bank(1000, 4, seed=11)
+        counts = torch.bincount(model._bank[1], minlength=4).double()
+        weights = model.pseudo_label_weights().double()
+        expected = weights / weights.sum() * counts.sum()
+        chi2 = float(((counts - expected)**2 / expected).sum())
+        self.assertLess(chi2, 16.27)  # p = 0.001 with 3 dof
+
     def test_predict_in_every_stage(self):
         model = _build()
         _init_geometry(model)

@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 import random
+import time
 from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
@@ -186,6 +187,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
                 dataset=self.image_dataloader.dataset)
         else:
             self.dataloader = self.image_dataloader
+        if stage.name == FINETUNE:
+            self._fill_pseudo_bank(stage)
         # ClassGeometryHook fits the class statistics on the cache here.
         self.runner.call_hook('before_train_epoch')
         if not stage.cache_latents:
@@ -195,6 +198,25 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
             self.run_iter(idx, data_batch)
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
+
+    def _fill_pseudo_bank(self, stage: Stage) -> None:
+        """Draw this epoch's pseudo-latents at once (``model.pseudo_bank``).
+
+        From a generator seeded by (seed, epoch, rank): ranks draw
+        different banks, and a run resumed at this epoch draws the same.
+        """
+        rank, _ = get_dist_info()
+        seed = (self._base_seed() + 1000003 * self._epoch + 7919 * rank +
+                17) % (2**63)
+        batch_size = (self._latent_batch_size(stage) if stage.cache_latents
+                      else self.image_dataloader.batch_size)
+        start = time.perf_counter()
+        num = get_ori_model(self.runner.model).prepare_pseudo_bank(
+            len(self.dataloader), batch_size, seed)
+        if num:
+            self.runner.logger.info(
+                f'Pseudo-latent bank of epoch {self._epoch + 1}: {num} '
+                f'latents drawn in {time.perf_counter() - start:.2f}s')
 
     def _base_seed(self) -> int:
         return self.runner.seed if self.runner.seed is not None else 0

@@ -95,6 +95,18 @@ class GALDDCClassifier(ImageClassifier):
         pseudo_sampling (dict, optional): Overrides of the DDIM sampler for
             stage 3 (``num_steps``, ``eta``, ``guidance_scale``,
             ``cuda_graph``).
+        pseudo_bank (bool): Draw the pseudo-latents of a whole stage-3 epoch
+            at its start, in chunks of ``pseudo_bank_chunk`` (theta is
+            frozen in stage 3, so nothing is lost), and give each step its
+            slice, instead of sampling ``pseudo_batch_size`` latents inside
+            every step: the DDIM chain runs on large batches, the shape an
+            MLP chain needs on a GPU. Labels follow ``pseudo_label_dist``;
+            the bank is drawn from a generator seeded by (seed, epoch, rank)
+            (see :meth:`prepare_pseudo_bank`), so ranks differ and
+            ``--resume`` redraws the same bank. Defaults to False (the
+            seed's per-step sampling).
+        pseudo_bank_chunk (int): Latents per sampler call when filling the
+            bank. Defaults to 8192.
         pretrained, train_cfg, data_preprocessor, init_cfg: As
             :class:`mmpretrain.models.ImageClassifier`.
     """
@@ -111,6 +123,8 @@ class GALDDCClassifier(ImageClassifier):
                  pseudo_batch_size: Optional[int] = None,
                  pseudo_label_dist: str = 'inverse',
                  pseudo_sampling: Optional[dict] = None,
+                 pseudo_bank: bool = False,
+                 pseudo_bank_chunk: int = 8192,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -172,6 +186,12 @@ class GALDDCClassifier(ImageClassifier):
         self.pseudo_batch_size = pseudo_batch_size
         self.pseudo_label_dist = pseudo_label_dist
         self.pseudo_sampling = dict(pseudo_sampling or {})
+        self.pseudo_bank = bool(pseudo_bank)
+        if pseudo_bank_chunk < 1:
+            raise ValueError('pseudo_bank_chunk must be >= 1, got '
+                             f'{pseudo_bank_chunk}.')
+        self.pseudo_bank_chunk = int(pseudo_bank_chunk)
+        self._bank = None  # (latents, labels, cursor) of the epoch
         self.diffusion_head.check_sampling_steps(
             self.pseudo_sampling.get('num_steps'),
             'model.pseudo_sampling.num_steps')
@@ -430,12 +450,78 @@ class GALDDCClassifier(ImageClassifier):
             return torch.where(tail.sum() > 0, tail, valid)
         return valid
 
-    def sample_pseudo_latents(self, num: int, device: torch.device):
-        """Draw ``num`` labels and their DDIM pseudo-latents z^0 ~ p(z|y)."""
+    def sample_pseudo_latents(self,
+                              num: int,
+                              device: torch.device,
+                              generator: Optional[torch.Generator] = None):
+        """Draw ``num`` labels and their DDIM pseudo-latents z^0 ~ p(z|y).
+
+        With a filled bank (:meth:`prepare_pseudo_bank`) the next ``num``
+        of the bank are handed out instead; past its end, fresh ones are
+        drawn.
+
+        Args:
+            num (int): How many.
+            device (torch.device): Where.
+            generator (torch.Generator, optional): For the labels and the
+                sampler's noise. Defaults to None (the global generators).
+
+        Returns:
+            tuple[Tensor, Tensor]: Latents ``(num, D)`` (no gradient) and
+            labels ``(num,)``.
+        """
+        if self._bank is not None and generator is None:
+            latents, labels, cursor = self._bank
+            if cursor + num <= labels.numel():
+                self._bank = (latents, labels, cursor + num)
+                return (latents[cursor:cursor + num].to(device),
+                        labels[cursor:cursor + num].to(device))
+            self._bank = None  # used up: sample per step from here on
         weights = self.pseudo_label_weights().to(device)
-        labels = torch.multinomial(weights, num, replacement=True)
-        latents = self.generate_latents(labels, **self.pseudo_sampling)
+        labels = torch.multinomial(
+            weights, num, replacement=True, generator=generator)
+        sampling = dict(self.pseudo_sampling)
+        if generator is not None:
+            sampling['generator'] = generator
+        latents = self.generate_latents(labels, **sampling)
         return latents.detach(), labels
+
+    @torch.no_grad()
+    def prepare_pseudo_bank(self, num_steps: int, batch_size: int,
+                            seed: int) -> int:
+        """Draw the pseudo-latents of ``num_steps`` stage-3 steps at once.
+
+        Does nothing (returns 0) unless ``pseudo_bank`` is on. Labels for
+        all of them first, then the latents in chunks of
+        ``pseudo_bank_chunk``, all from one generator seeded with ``seed``:
+        deterministic DDIM treats every latent on its own, so the chunking
+        does not change the latents of given labels and starting noise.
+
+        Args:
+            num_steps (int): Steps of the coming epoch.
+            batch_size (int): Real latents per step (the pseudo batch
+                defaults to it).
+            seed (int): The loop derives it from (seed, epoch, rank).
+
+        Returns:
+            int: The number of pseudo-latents drawn.
+        """
+        if not self.pseudo_bank:
+            return 0
+        num = num_steps * (self.pseudo_batch_size or batch_size)
+        device = self.geometry.prototypes.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        weights = self.pseudo_label_weights().to(device)
+        labels = torch.multinomial(
+            weights, num, replacement=True, generator=generator)
+        sampling = dict(self.pseudo_sampling, generator=generator)
+        latents = torch.cat([
+            self.generate_latents(labels[i:i + self.pseudo_bank_chunk],
+                                  **sampling)
+            for i in range(0, num, self.pseudo_bank_chunk)
+        ])
+        self._bank = (latents, labels, 0)
+        return num
 
     def finetune_loss(self, latents: torch.Tensor,
                       labels: torch.Tensor) -> dict:
