@@ -20,6 +20,16 @@ the same numbers as JSON next to it): one row per config (and variant),
 columns top-1, many, medium, few (and head, tail when reported), each the
 mean ± sample standard deviation (ddof=1) over the seeds.
 
+With ``--paired-against LABEL`` a second table compares every row with the
+row ``LABEL`` seed by seed: for top-1, few and tail, the mean ± std of the
+per-seed differences (row minus ``LABEL``) and in how many seeds the row
+is ahead. Means of two rows with stds of a few points can mislead; their
+differences on the same seeds are what a comparison rests on. The JSON
+keeps every per-seed value and difference.
+
+``--seed-keys`` sets more config keys to the run's seed (for instance the
+data set's own seed, so that every seed also draws its own data).
+
 Examples::
 
     # the Digits-LT table of the README (about 25 CPU-minutes)
@@ -53,6 +63,8 @@ COLUMNS = (('top1', 'top-1'), ('many', 'many'), ('medium', 'medium'),
            ('few', 'few'), ('head', 'head'), ('tail', 'tail'))
 # Shown only when at least one run reports them.
 OPTIONAL_COLUMNS = ('head', 'tail')
+# Compared seed by seed with --paired-against.
+PAIRED_COLUMNS = (('top1', 'top-1'), ('few', 'few'), ('tail', 'tail'))
 TRAIN_LOG = 'run_experiments_train.log'
 TEST_LOG = 'run_experiments_test.log'
 _NAME = re.compile(r'^[A-Za-z0-9_.+-]+$')
@@ -67,6 +79,14 @@ class Run:
     variant: Optional[str] = None
     options: List[str] = field(default_factory=list)
     label: Optional[str] = None
+    seed_keys: List[str] = field(default_factory=list)
+
+    @property
+    def seed_options(self) -> List[str]:
+        """``randomness.seed=S`` and ``KEY=S`` for each seed key."""
+        return [f'randomness.seed={self.seed}'] + [
+            f'{key}={self.seed}' for key in self.seed_keys
+        ]
 
     @property
     def row(self) -> str:
@@ -149,7 +169,8 @@ def plan_runs(configs: Sequence[str],
               work_root: str,
               variants: Sequence[Tuple[str, List[str]]] = (),
               variants_only: bool = False,
-              labels: Optional[Sequence[str]] = None) -> List[Run]:
+              labels: Optional[Sequence[str]] = None,
+              seed_keys: Sequence[str] = ()) -> List[Run]:
     """All runs, config by config (plain, then each variant), seed by seed.
 
     Args:
@@ -162,6 +183,8 @@ def plan_runs(configs: Sequence[str],
             False.
         labels (Sequence[str], optional): Row name of each config (default:
             its file stem). Defaults to None.
+        seed_keys (Sequence[str]): Config keys also set to the seed.
+            Defaults to ().
 
     Returns:
         list[Run]: The plan.
@@ -192,6 +215,7 @@ def plan_runs(configs: Sequence[str],
                     Run(config=config, seed=int(seed), variant=name,
                         options=list(options),
                         label=labels[i] if labels else None,
+                        seed_keys=list(seed_keys),
                         work_dir=osp.join(work_root, folder,
                                           f'seed{seed}')))
     return runs
@@ -216,8 +240,7 @@ def train_command(run: Run,
     script = script or _tool('train.py')
     return [
         python, script, run.config, '--work-dir', run.work_dir,
-        '--cfg-options', f'randomness.seed={run.seed}', *run.options,
-        *extra_options
+        '--cfg-options', *run.seed_options, *run.options, *extra_options
     ]
 
 
@@ -234,8 +257,7 @@ def test_command(run: Run,
     script = script or _tool('test.py')
     return [
         python, script, run.config, checkpoint, '--work-dir', run.work_dir,
-        '--cfg-options', f'randomness.seed={run.seed}', *run.options,
-        *extra_options
+        '--cfg-options', *run.seed_options, *run.options, *extra_options
     ]
 
 
@@ -368,6 +390,95 @@ def format_table(rows: Sequence[Dict], split: str = 'test',
     return caption + '\n\n' + '\n'.join(lines) + '\n'
 
 
+def paired_stats(values: Sequence[Optional[float]],
+                 reference: Sequence[Optional[float]]) -> Optional[Dict]:
+    r"""Per-seed differences ``values - reference`` and their summary.
+
+    Only seeds where both are known count. With :math:`d_s = x_s - r_s`:
+    the mean and sample std (ddof=1) of :math:`d`, and ``wins``, the
+    number of seeds with :math:`d_s > 0`.
+
+    Args:
+        values (Sequence[float | None]): The row's value per seed.
+        reference (Sequence[float | None]): The reference row's, same seeds
+            in the same order.
+
+    Returns:
+        dict | None: ``{'mean', 'std', 'wins', 'n', 'diffs'}``, None when
+        no seed has both.
+    """
+    diffs = [
+        v - r for v, r in zip(values, reference)
+        if v is not None and r is not None
+    ]
+    if not diffs:
+        return None
+    mean, std = mean_std(diffs)
+    return dict(mean=mean, std=std, wins=sum(d > 0 for d in diffs),
+                n=len(diffs), diffs=diffs)
+
+
+def _metric(metrics: Optional[Dict], key: str) -> Optional[float]:
+    if not metrics:
+        return None
+    for k in (f'accuracy/{key}', key):
+        if k in metrics:
+            return float(metrics[k])
+    return None
+
+
+def paired_rows(results: Dict[str, List[Optional[Dict]]],
+                against: str) -> List[Dict]:
+    """Every row against ``against``, seed by seed (see paired_stats)."""
+    if against not in results:
+        raise ValueError(f'--paired-against {against!r} is no row of the '
+                         f'table; rows are {list(results)}.')
+    ref = results[against]
+    rows = []
+    for name, per_seed in results.items():
+        if name == against:
+            continue
+        rows.append(
+            dict(
+                name=name,
+                against=against,
+                metrics={
+                    key: paired_stats([_metric(m, key) for m in per_seed],
+                                      [_metric(m, key) for m in ref])
+                    for key, _ in PAIRED_COLUMNS
+                }))
+    return rows
+
+
+def format_paired_table(rows: Sequence[Dict], digits: int = 2) -> str:
+    """The Markdown table (caption first) of :func:`paired_rows`."""
+    if not rows:
+        return ''
+    against = rows[0]['against']
+    header = ['method'] + [f'{t} diff' for _, t in PAIRED_COLUMNS]
+
+    def cell(stat):
+        if not stat:
+            return '-'
+        text = f'{stat["mean"]:+.{digits}f}'
+        if stat['std'] is not None:
+            text += f' ± {stat["std"]:.{digits}f}'
+        return text + f' ({stat["wins"]}/{stat["n"]})'
+
+    lines = ['| ' + ' | '.join(header) + ' |',
+             '|' + '|'.join(['---'] * len(header)) + '|']
+    lines += [
+        '| ' + ' | '.join([r['name']] +
+                          [cell(r['metrics'][k]) for k, _ in PAIRED_COLUMNS])
+        + ' |' for r in rows
+    ]
+    caption = (
+        f'Paired differences against {against} (points), seed by seed: '
+        'mean ± sample std (ddof=1) of the per-seed differences; (k/n): '
+        f'the row is ahead of {against} in k of the n seeds both ran.')
+    return caption + '\n\n' + '\n'.join(lines) + '\n'
+
+
 # ----------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------
@@ -422,6 +533,13 @@ def parse_args(argv=None):
     parser.add_argument(
         '--python', default=sys.executable,
         help='Python of the subprocesses (default: this one)')
+    parser.add_argument(
+        '--paired-against', metavar='LABEL',
+        help='also compare every row with row LABEL seed by seed (per-seed '
+        'differences of top-1, few and tail: mean ± std, wins k/n)')
+    parser.add_argument(
+        '--seed-keys', nargs='+', default=[], metavar='KEY',
+        help='config keys also set to the seed, e.g. the data set\'s seed')
     return parser.parse_args(argv)
 
 
@@ -460,7 +578,7 @@ def main(argv=None) -> int:
         raise FileNotFoundError(f'Config(s) not found: {missing}.')
     variants = [parse_variant(v) for v in args.variant]
     runs = plan_runs(args.configs, args.seeds, args.work_root, variants,
-                     args.variants_only, args.labels)
+                     args.variants_only, args.labels, args.seed_keys)
 
     if args.dry_run:
         for run in runs:
@@ -514,6 +632,10 @@ def main(argv=None) -> int:
             print(f'no {args.split} metrics in {run.work_dir}')
     rows = aggregate(results)
     table = format_table(rows, args.split)
+    paired = []
+    if args.paired_against:
+        paired = paired_rows(results, args.paired_against)
+        table += '\n' + format_paired_table(paired)
     print('\n' + table)
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
@@ -524,7 +646,8 @@ def main(argv=None) -> int:
             row['work_dirs'] = sources.get(row['name'], [])
         with open(json_path, 'w', encoding='utf-8') as f:
             json.dump(
-                dict(split=args.split, std='sample (ddof=1)', rows=rows),
+                dict(split=args.split, std='sample (ddof=1)',
+                     seeds=list(args.seeds), rows=rows, paired=paired),
                 f, indent=1)
         print(f'saved {args.out} and {json_path}')
     if failures:

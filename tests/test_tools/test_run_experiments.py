@@ -156,6 +156,44 @@ class TestTableMaths(TestCase):
                       table)
 
 
+class TestPairedComparison(TestCase):
+
+    def test_paired_stats_by_hand(self):
+        # Differences 2, -1, 4 (the fourth seed lacks the reference).
+        stat = rx.paired_stats([90., 85., 88., 70.], [88., 86., 84., None])
+        self.assertEqual(stat['diffs'], [2., -1., 4.])
+        self.assertAlmostEqual(stat['mean'], 5 / 3)
+        # ddof=1: squares of (1/3, -8/3, 7/3) sum to 114/9, over 2.
+        self.assertAlmostEqual(stat['std'], (114 / 9 / 2)**0.5)
+        self.assertEqual((stat['wins'], stat['n']), (2, 3))
+        self.assertIsNone(rx.paired_stats([1.], [None]))
+
+    def test_paired_rows_and_table(self):
+        results = {
+            'CE': [{'accuracy/top1': 80., 'accuracy/few': 50.},
+                   {'accuracy/top1': 82., 'accuracy/few': 55.}],
+            'GALD-DC': [{'accuracy/top1': 81., 'accuracy/few': 58.},
+                        {'accuracy/top1': 81., 'accuracy/few': 57.}],
+        }
+        rows = rx.paired_rows(results, 'CE')
+        self.assertEqual([r['name'] for r in rows], ['GALD-DC'])
+        top1, few = rows[0]['metrics']['top1'], rows[0]['metrics']['few']
+        self.assertEqual(top1['diffs'], [1., -1.])
+        self.assertEqual(few['wins'], 2)
+        self.assertIsNone(rows[0]['metrics']['tail'])
+        table = rx.format_paired_table(rows)
+        self.assertIn('| GALD-DC | +0.00 ± 1.41 (1/2) | +5.00 ± 4.24 (2/2) '
+                      '| - |', table)
+        with self.assertRaisesRegex(ValueError, 'no row'):
+            rx.paired_rows(results, 'LDMLR')
+
+    def test_seed_keys_follow_the_seed(self):
+        runs = rx.plan_runs(['a/x.py'], [3], 'root',
+                            seed_keys=['train_dataloader.dataset.seed'])
+        self.assertIn('train_dataloader.dataset.seed=3',
+                      rx.train_command(runs[0]))
+
+
 class TestRunner(TestCase):
     """``main`` on fake work dirs, a failing run and one real run."""
 
