@@ -1,6 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 from .cifar_lt import CIFAR10LT, CIFAR100LT, ldam_long_tail_select
 from .digits_lt import DigitsLT
+from .gaussian_latent_lt import GaussianLatentLT
 from .imagenet_lt import ImageNetLT
 from .inat2018 import INat2018
 from .list_lt import LongTailListDataset, parse_list_file
@@ -17,7 +18,7 @@ from .transforms import CheckedLoadImageFromFile, UnreadableImageError
 
 __all__ = [
     'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'CheckedLoadImageFromFile',
-    'DigitsLT', 'INat2018', 'ImageNetLT',
+    'DigitsLT', 'GaussianLatentLT', 'INat2018', 'ImageNetLT',
     'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'SyntheticLT',
     'class_bands', 'head_tail_masks', 'ldam_long_tail_select',
     'long_tail_counts', 'parse_list_file', 'UnreadableImageError'

@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """ClassGeometry against per-class Python-loop references."""
+import math
 import warnings
 from unittest import TestCase
 
@@ -9,7 +10,10 @@ from mmpretrain.registry import MODELS
 
 import galddc_mm  # noqa: F401  (registers ClassGeometry)
 
-DEFAULT_ARGS = dict(type='ClassGeometry', num_classes=6, latent_dim=4, tau=20)
+# radius_scale='seed': r_obs follows the EMA, whose formula these tests pin
+# (the default 'data' keeps r_obs at the real radius: TestRadiusScale).
+DEFAULT_ARGS = dict(type='ClassGeometry', num_classes=6, latent_dim=4, tau=20,
+                    radius_scale='seed')
 # Head (>= 20): 0, 1, 2 (20 is inclusive); tail: 3, 4; class 5 empty.
 COUNTS = [30, 25, 20, 5, 1, 0]
 
@@ -279,3 +283,94 @@ class TestClassGeometry(TestCase):
             key = next(iter(bad))
             with self.assertRaisesRegex(ValueError, f'`{key}`'):
                 self.build(**bad)
+
+
+class TestRadiusScale(TestCase):
+    """``radius_scale``: on which scale r_obs, r_prior and the radius
+    target live, checked with a denoiser that is the *true* posterior mean
+    of Gaussian classes (so "generated = real")."""
+
+    D, SIGMA, S = 32, 1.5, 2.0  # latent dim, class std, normaliser std
+
+    def _posterior_means(self, scale):
+        """Real latents of 2 head classes, their exact E[z0|z_t] at t in
+        [0, 500) of the linear schedule, and a geometry fitted on them."""
+        from galddc_mm.models.diffusion.noise_schedule import NoiseSchedule
+        gen = torch.Generator().manual_seed(0)
+        d, sigma, s = self.D, self.SIGMA, self.S
+        mu = 4 * torch.randn(2, d, generator=gen)
+        labels = torch.arange(2).repeat_interleave(4000)
+        z0 = mu[labels] + sigma * torch.randn(len(labels), d, generator=gen)
+        geom = MODELS.build(
+            dict(type='ClassGeometry', num_classes=2, latent_dim=d, tau=20,
+                 radius_momentum=0.05, radius_scale=scale))
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # no tail class: intended
+            geom.init_from_latents(z0, labels)
+        # Standardised space x = (z - m) / s with one s for every dim:
+        # class mean a, per-dimension variance v = sigma^2 / s^2.
+        m = z0.mean(0)
+        a, v = (mu - m) / s, sigma**2 / s**2
+        abar_all = NoiseSchedule(1000).alphas_cumprod
+        t = torch.randint(0, 500, (len(labels), ), generator=gen)
+        abar = abar_all[t][:, None]
+        x_t = abar.sqrt() * (z0 - m) / s + (1 - abar).sqrt() * torch.randn(
+            z0.shape, generator=gen)
+        k = abar.sqrt() * v / (abar * v + 1 - abar)
+        x0_hat = a[labels] + k * (x_t - abar.sqrt() * a[labels])
+        inv_var = torch.tensor(d * s**-2 / d**2)
+        return geom, m + s * x0_hat, labels, abar_all[t], inv_var
+
+    def test_data_target_is_met_by_the_true_posterior_mean(self):
+        geom, z0_hat, labels, abar, inv_var = self._posterior_means('data')
+        dist = (z0_hat - geom.prototypes[labels]).norm(dim=1)
+        target = geom.r_cal[labels] * geom.shrinkage(labels, abar, inv_var)
+        # The radius loss's target is the distance the true posterior mean
+        # has: averaged over t, within 3% (the isotropic closed form vs
+        # the chi mean of finite D).
+        self.assertAlmostEqual(float(dist.mean() / target.mean()), 1.0,
+                               delta=0.03)
+        # r_obs is the real radius and stays there: the scale of r_prior.
+        r_real = geom.r_real.clone()
+        for i in range(0, len(labels), 256):
+            geom.ema_update(z0_hat[i:i + 256], labels[i:i + 256])
+        torch.testing.assert_close(geom.r_obs, r_real)
+        torch.testing.assert_close(geom.r_prior, r_real.mean())
+        # ... which equals the true radius of these head classes.
+        true_r = self.SIGMA * np.sqrt(2) * np.exp(
+            math.lgamma((self.D + 1) / 2) - math.lgamma(self.D / 2))
+        np.testing.assert_allclose(geom.r_obs.numpy(), true_r, rtol=0.02)
+
+    def test_seed_mixes_two_scales(self):
+        geom, z0_hat, labels, abar, inv_var = self._posterior_means('seed')
+        self.assertIsNone(geom.shrinkage(labels, abar, inv_var))
+        dist = (z0_hat - geom.prototypes[labels]).norm(dim=1)
+        # Seed: the raw target r_cal = r_real sits far above the distance
+        # of the true posterior means, so the loss pushes them outwards...
+        self.assertLess(float(dist.mean() / geom.r_cal[labels].mean()), 0.8)
+        # ... and the EMA of r_obs settles on the shrunk scale, below the
+        # real radius that r_prior keeps.
+        for i in range(0, len(labels), 256):
+            geom.ema_update(z0_hat[i:i + 256], labels[i:i + 256])
+        self.assertLess(float(geom.r_obs.max()),
+                        0.8 * float(geom.r_prior))
+
+    def test_posterior_shrinkage_closed_form(self):
+        from galddc_mm.models.geometry.class_geometry import (
+            posterior_shrinkage,
+        )
+
+        # sqrt(abar v / (abar v + 1 - abar)) with v = r^2 * inv_var.
+        r, abar, inv_var = torch.tensor([2.0]), torch.tensor([0.5]), \
+            torch.tensor(0.25)
+        v = 4.0 * 0.25
+        expected = (0.5 * v / (0.5 * v + 0.5))**0.5
+        self.assertAlmostEqual(
+            float(posterior_shrinkage(r, abar, inv_var)), expected, places=6)
+        self.assertAlmostEqual(
+            float(posterior_shrinkage(r, torch.tensor([1.0]), inv_var)), 1.0,
+            places=6)
+
+    def test_bad_radius_scale(self):
+        with self.assertRaisesRegex(ValueError, 'radius_scale'):
+            MODELS.build(dict(DEFAULT_ARGS, radius_scale='real'))

@@ -65,7 +65,8 @@ def run_geometry(rank=None):
             latent_dim=DIM,
             tau=TAU,
             proto_momentum=0.3,
-            radius_momentum=0.2))
+            radius_momentum=0.2,
+            radius_scale='seed'))  # r_obs follows the EMA
     latents, labels = make_data()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the empty class 6

@@ -440,7 +440,8 @@ class TestGeometryUnderAutocast(TestCase):
             radius=MODELS.build(dict(type='CalibratedRadiusLoss')),
             margin=MODELS.build(dict(type='PrototypeMarginLoss', margin=1.)))
         geometry = ClassGeometry(num_classes=8, latent_dim=2048, tau=3,
-                                 proto_momentum=0.5, radius_momentum=0.5)
+                                 proto_momentum=0.5, radius_momentum=0.5,
+                                 radius_scale='seed')  # r_obs in the EMA
         geometry.init_from_latents(protos[labels], labels)
         with torch.autocast('cpu', dtype=dtype or torch.bfloat16,
                             enabled=dtype is not None):

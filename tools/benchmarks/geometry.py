@@ -36,7 +36,9 @@ def synthetic_geometry(num_classes, latent_dim, gen, device):
             type='ClassGeometry',
             num_classes=num_classes,
             latent_dim=latent_dim,
-            tau=20))
+            tau=20,
+            # The seed's EMA also moves r_obs: time the full update.
+            radius_scale='seed'))
     counts = (500 * torch.rand(num_classes, generator=gen)**4).long() + 1
     prototypes = torch.randn(num_classes, latent_dim, generator=gen)
     r_obs = torch.rand(num_classes, generator=gen) * 10 + 20

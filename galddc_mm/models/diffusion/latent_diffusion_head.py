@@ -278,10 +278,18 @@ class LatentDiffusionHead(BaseModule):
         out = self(latents, labels)
         losses = dict(loss_ldm=self.ldm_loss(out.pred_noise, out.noise))
         z0 = self._clamp(out.pred_z0)
+        t = out.t
         if self.geometry_t_fraction < 1:
             k = max(1, round(self.geometry_t_fraction * z0.size(0)))
-            keep = torch.topk(out.t, k, largest=False, sorted=False).indices
-            z0, labels = z0[keep], labels[keep]
+            keep = torch.topk(t, k, largest=False, sorted=False).indices
+            z0, labels, t = z0[keep], labels[keep], t[keep]
+        # Per-dimension standardised variance per squared encoder-space
+        # radius (isotropic classes): sum_d std_d^-2 / D^2.
+        inv_var = self.normalizer.std.float().pow(-2).sum() / (
+            self.latent_dim**2)
+        shrinkage = geometry.shrinkage(labels,
+                                       self.schedule.alphas_cumprod[t],
+                                       inv_var)
         # A copy: the EMA updates the buffer in place after this step, and
         # autograd keeps the prototypes for the backward pass of these
         # losses.
@@ -289,8 +297,8 @@ class LatentDiffusionHead(BaseModule):
         if self.proto_loss.loss_weight > 0:
             losses['loss_proto'] = self.proto_loss(z0, labels, protos)
         if self.radius_loss.loss_weight > 0:
-            losses['loss_rad'] = self.radius_loss(z0, labels, protos,
-                                                  geometry.r_cal)
+            losses['loss_rad'] = self.radius_loss(
+                z0, labels, protos, geometry.r_cal, target_scale=shrinkage)
         if self.margin_loss.loss_weight > 0:
             losses['loss_margin'] = self.margin_loss(z0, labels, protos,
                                                      geometry.valid_mask)

@@ -21,6 +21,39 @@ def _format_classes(classes: Sequence[int], limit: int = 20) -> str:
     return f'[{shown}{more}]'
 
 
+#: How r_obs, r_prior and the radius loss's target share a scale (see
+#: ClassGeometry).
+RADIUS_SCALES = ('data', 'seed', 'denoised')
+
+
+def posterior_shrinkage(radius: torch.Tensor, abar: torch.Tensor,
+                        inv_var: torch.Tensor) -> torch.Tensor:
+    r"""How far a posterior mean sits from its class centre, relative.
+
+    For a class :math:`z_0 \sim \mathcal{N}(\mu, \sigma^2 I)` in the
+    diffusion's standardised space and :math:`z_t = \sqrt{\bar\alpha_t}
+    z_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon`, the denoised estimate
+    :math:`E[z_0 | z_t]` deviates from :math:`\mu` with variance
+    :math:`\sigma^2 s_t` per dimension, where :math:`s_t = \bar\alpha_t
+    \sigma^2 / (\bar\alpha_t \sigma^2 + 1 - \bar\alpha_t)`. Returns
+    :math:`\sqrt{s_t}`: the ratio of the estimate's radius to the class's.
+
+    Args:
+        radius (Tensor): The class radius in encoder space, any shape.
+        abar (Tensor): :math:`\bar\alpha_t`, broadcastable to ``radius``.
+        inv_var (Tensor): Scalar turning a squared encoder-space radius
+            into the per-dimension variance in standardised space,
+            :math:`\sum_d s_d^{-2} / D^2` for the normaliser's scales
+            :math:`s_d` (exact for isotropic classes).
+
+    Returns:
+        Tensor: :math:`\sqrt{s_t}` in (0, 1], the shape of ``radius``.
+    """
+    var = radius.square() * inv_var
+    signal = abar * var
+    return (signal / (signal + 1 - abar)).clamp_min(1e-12).sqrt()
+
+
 @MODELS.register_module()
 class ClassGeometry(BaseModule):
     r"""Per-class latent geometry of GALD-DC: prototypes and radii.
@@ -64,10 +97,36 @@ class ClassGeometry(BaseModule):
 
     .. math::
         r^{cal}_y = \begin{cases} r^{obs}_y & y \in C_{head} \\
-            \lambda r^{obs}_y + (1 - \lambda) r_{prior} & y \in C_{tail}
+            \lambda r^{obs}_y + (1 - \lambda) \bar r & y \in C_{tail}
             \end{cases}
 
-    and 0 for invalid classes.
+    and 0 for invalid classes. The denoised estimates :math:`\tilde z_0`
+    are posterior means, which shrink towards :math:`\mu_y` as t grows
+    (about half the real radius over the least-noisy half of the
+    timesteps), while :math:`r_{prior}` is measured on real latents.
+    ``radius_scale`` says how the two are put on one scale
+    (docs/mechanism.md compares the options on a known-answer testbed):
+
+    - ``'data'`` (default): everything on the scale of the real latents.
+      :math:`r^{obs}` is the real radius (:attr:`r_real`, no EMA; the
+      prototypes still follow theirs), so both terms of the tail target
+      are measured the same way, and the radius loss asks each estimate
+      for :math:`r^{cal}_y \sqrt{s_t}`, the distance the posterior mean
+      of a class of radius :math:`r^{cal}_y` has at its timestep
+      (:func:`posterior_shrinkage`). A head class whose denoiser is the
+      true posterior mean meets its target exactly, so the loss no longer
+      pushes every estimate outwards. An EMA of distances divided by
+      :math:`\sqrt{s_t}` was tried and diverges: a larger estimate raises
+      the head targets, which push the estimates further out
+      (docs/mechanism.md).
+    - ``'seed'`` (the seed's): raw distances into the EMA, the raw target
+      :math:`r^{cal}_y` for every t, :math:`\bar r = r_{prior}`: the tail
+      target mixes two scales, and the radius loss pushes the shrunk
+      estimates of every class outwards.
+    - ``'denoised'``: as ``'seed'``, but :math:`\bar r` is
+      :attr:`r_prior_denoised`, the head classes' mean of :math:`r^{obs}`,
+      so both terms of the tail target are on the scale of
+      :math:`\tilde z_0`.
 
     Everything is stored in persistent buffers (``counts``, ``prototypes``,
     ``r_obs``, ``r_real``, ``real_prototypes``, ``r_prior``,
@@ -90,6 +149,8 @@ class ClassGeometry(BaseModule):
             the prototypes. Defaults to 0.01.
         radius_momentum (float): EMA momentum :math:`\beta_r` in [0, 1] of
             the observed radii. Defaults to 0.01.
+        radius_scale (str): ``'data'``, ``'seed'`` or ``'denoised'``, see
+            above. Defaults to ``'data'``.
         init_cfg (dict, optional): Unused (no parameters); kept for the
             :class:`BaseModule` interface. Defaults to None.
     """
@@ -101,6 +162,7 @@ class ClassGeometry(BaseModule):
                  lam: float = 0.5,
                  proto_momentum: float = 0.01,
                  radius_momentum: float = 0.01,
+                 radius_scale: str = 'data',
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -117,6 +179,10 @@ class ClassGeometry(BaseModule):
             if not 0 <= value <= 1:
                 raise ValueError(f'`{name}` must lie in [0, 1], but got '
                                  f'{value!r}.')
+        if radius_scale not in RADIUS_SCALES:
+            raise ValueError(f'`radius_scale` must be one of '
+                             f'{RADIUS_SCALES}, but got {radius_scale!r}.')
+        self.radius_scale = radius_scale
         self.num_classes = num_classes
         self.latent_dim = latent_dim
         self.tau = tau
@@ -167,11 +233,44 @@ class ClassGeometry(BaseModule):
         return head_tail_masks(self.counts, self.tau)[1]
 
     @property
+    def r_prior_denoised(self) -> torch.Tensor:
+        """Float (): the head classes' mean EMA radius :math:`r^{obs}`."""
+        head = self.head_mask
+        # A masked mean without a host sync (no head class: 0).
+        return (self.r_obs * head).sum() / head.sum().clamp_min(1)
+
+    @property
+    def calibration_prior(self) -> torch.Tensor:
+        """Float (): the prior of the tail target (``radius_scale``)."""
+        return (self.r_prior_denoised
+                if self.radius_scale == 'denoised' else self.r_prior)
+
+    def shrinkage(self, labels: torch.Tensor, abar: torch.Tensor,
+                  inv_var: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-sample posterior shrinkage of the radius loss and the EMA.
+
+        Args:
+            labels (Tensor): Classes of the denoised estimates, ``(B, )``.
+            abar (Tensor): Their :math:`\\bar\\alpha_t`, ``(B, )``.
+            inv_var (Tensor): See :func:`posterior_shrinkage`.
+
+        Returns:
+            Tensor | None: :math:`\\sqrt{s_t}` at :attr:`r_cal`, ``(B, )``,
+            with ``radius_scale='data'``; None (no correction) otherwise.
+        """
+        if self.radius_scale != 'data':
+            return None
+        with float32_geometry(self.r_obs.device.type):
+            return posterior_shrinkage(self.r_cal[labels],
+                                       abar.to(self.r_obs), inv_var.to(
+                                           self.r_obs))
+
+    @property
     def r_cal(self) -> torch.Tensor:
         """Float (K,): calibrated radii (see the class docstring)."""
-        # lerp(r_prior, r_obs, lam) = lam * r_obs + (1 - lam) * r_prior;
-        # the product with valid_mask zeroes the classes without latents.
-        tail = torch.lerp(self.r_prior, self.r_obs, self.lam)
+        # lerp(prior, r_obs, lam) = lam * r_obs + (1 - lam) * prior; the
+        # product with valid_mask zeroes the classes without latents.
+        tail = torch.lerp(self.calibration_prior, self.r_obs, self.lam)
         r_cal = torch.where(self.head_mask, self.r_obs, tail)
         return r_cal.mul_(self.valid_mask)
 
@@ -413,6 +512,9 @@ class ClassGeometry(BaseModule):
         self.prototypes.lerp_(batch_mean,
                               (self.proto_momentum * present)[:, None])
 
+        if self.radius_scale == 'data':
+            # r_obs stays the real radius (see the class docstring).
+            return
         # Batch radii, measured to the updated prototypes.
         dist_sum = z.new_zeros(num_classes)
         dist_sum.index_add_(0, y, (z - self.prototypes[y]).norm(dim=1))

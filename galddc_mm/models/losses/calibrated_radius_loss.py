@@ -1,4 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,8 +43,10 @@ class CalibratedRadiusLoss(nn.Module):
 
     def forward(self, z0_hat: torch.Tensor, labels: torch.Tensor,
                 prototypes: torch.Tensor,
-                r_cal: torch.Tensor) -> torch.Tensor:
-        """Compute the loss.
+                r_cal: torch.Tensor,
+                target_scale: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        r"""Compute the loss.
 
         Args:
             z0_hat (torch.Tensor): Denoised latent estimates, shape (B, D).
@@ -51,6 +55,11 @@ class CalibratedRadiusLoss(nn.Module):
                 detached inside.
             r_cal (torch.Tensor): Calibrated radii, shape (K,); detached
                 inside.
+            target_scale (torch.Tensor, optional): Per-sample factor of
+                the target, shape (B,): the posterior shrinkage
+                :math:`\sqrt{s_t}` of :func:`posterior_shrinkage` (the
+                target becomes :math:`r^{cal}_{y_i} \sqrt{s_{t_i}}`);
+                detached inside. Defaults to None (factor 1).
 
         Returns:
             torch.Tensor: The weighted loss, a 0-dim tensor.
@@ -70,4 +79,11 @@ class CalibratedRadiusLoss(nn.Module):
             # is NaN there; tests pin this.
             dist = torch.linalg.vector_norm(diff, dim=1)
             target = r_cal.detach()[labels].to(dtype)
+            if target_scale is not None:
+                if target_scale.shape != labels.shape:
+                    raise ValueError(
+                        '`target_scale` must have shape (B,) = '
+                        f'({labels.shape[0]},), but got '
+                        f'{tuple(target_scale.shape)}.')
+                target = target * target_scale.detach().to(dtype)
             return F.mse_loss(dist, target) * self.loss_weight
