@@ -210,6 +210,11 @@ class BenchmarkContext:
     @torch.no_grad()
     def init_geometry(self, model):
         """Normaliser and geometry from random long-tailed latents."""
+        latents, labels = self.real_latents()
+        internals.init_latent_state(model, latents, labels)
+
+    def real_latents(self):
+        """The random long-tailed latents of :meth:`init_geometry`."""
         k, d = self.num_classes, self.latent_dim
         counts = np.maximum(long_tail_counts(64 if k > 10 else 40, k, 32), 2)
         labels = torch.repeat_interleave(
@@ -218,8 +223,7 @@ class BenchmarkContext:
         mu = torch.rand(k, d, generator=gen) * 2
         latents = (mu[labels] +
                    0.5 * torch.randn(labels.numel(), d, generator=gen)).relu()
-        latents, labels = latents.to(self.device), labels.to(self.device)
-        internals.init_latent_state(model, latents, labels)
+        return latents.to(self.device), labels.to(self.device)
 
     # ------------------------------------------------------------------
     # data

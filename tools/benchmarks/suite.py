@@ -3,6 +3,7 @@
 import traceback
 
 from .common import error_message
+from .generation_report import bench_generation_report
 from .geometry import bench_geometry
 from .sampler import bench_sampler
 from .train_steps import (
@@ -21,6 +22,7 @@ OTHER_BENCHES = {
     'frozen_encoder': bench_frozen_encoder,
     'sampler': bench_sampler,
     'geometry': bench_geometry,
+    'generation_report': bench_generation_report,
 }
 #: The torch.compile variants, run by default only with --compile.
 COMPILE_BENCHES = {
