@@ -22,6 +22,7 @@ from galddc_mm.utils import WorkDir, load_per_class_accuracy
 
 sys.path.insert(0, osp.join(REPO_ROOT, 'tools', 'analysis'))
 
+import generation_quality  # noqa: E402
 import latent_map  # noqa: E402
 import per_class_accuracy  # noqa: E402
 import radius_calibration  # noqa: E402
@@ -32,7 +33,9 @@ TINY = [
     'train_cfg.stages.0.epochs=3', 'train_cfg.stages.1.epochs=1',
     'train_cfg.stages.1.repeat=2', 'train_cfg.stages.2.epochs=1',
     # A tiny stage 2 samples poor latents: report, but go on to stage 3.
-    'custom_hooks.0.gate=warn'
+    'custom_hooks.0.gate=warn',
+    # Keep the end-of-stage-2 checkpoint (epoch 4) for generation_quality.
+    'default_hooks.checkpoint.max_keep_ckpts=-1'
 ]
 
 
@@ -153,6 +156,32 @@ class TestScriptsOnARun(TestCase):
         assert_png(self, stem + '.png')
         with open(stem + '.pdf', 'rb') as f:
             self.assertEqual(f.read(5), b'%PDF-')
+
+    def test_generation_quality_reproduces_the_hook(self):
+        # The end-of-stage-2 checkpoint (3 + 1 epochs) and the hook's
+        # settings: the tool's numbers are the run's generation report.
+        ckpt = osp.join(self.work_dir, 'epoch_4.pth')
+        config = WorkDir(self.work_dir).config()
+        out = osp.join(self.out, 'gen_quality.png')
+        report = generation_quality.main(
+            [config, ckpt, '--out', out, '--device', 'cpu'])
+        assert_png(self, out)
+        with open(osp.join(self.work_dir, 'generation_report.json')) as f:
+            hook = json.load(f)
+        with open(osp.join(self.out, 'gen_quality.json')) as f:
+            self.assertEqual(json.load(f)['num_per_class'],
+                             hook['num_per_class'])
+        for band in ('head', 'tail'):
+            for key in ('gen_radius', 'gen_acc', 'fd', 'precision',
+                        'recall'):
+                ours, theirs = (report['summary'][band].get(key),
+                                hook['summary'][band].get(key))
+                if theirs is None:
+                    self.assertIsNone(ours)
+                else:
+                    self.assertAlmostEqual(ours, theirs, delta=1e-3 *
+                                           max(1.0, abs(theirs)))
+        self.assertEqual(report['gate']['passed'], hook['gate']['passed'])
 
     def test_radius_rows_follow_the_calibration_formula(self):
         from analysis_utils import load_model, resolve_run
