@@ -258,3 +258,56 @@ class TestLongTailAccuracy(TestCase):
             LongTailAccuracy(class_counts=[3, -1])
         with self.assertRaisesRegex(ValueError, 'non-negative integers'):
             LongTailAccuracy(class_counts=np.array([1.5, 2.0]))
+
+
+class TestLogitAdjustment(TestCase):
+    """Post-hoc logit adjustment against a hand computation."""
+
+    # Two classes with counts 90 and 10 (prior 0.9, 0.1); logits below.
+    LOGITS = [[2.0, 1.0], [2.0, 0.5], [0.0, 1.0]]
+    LABELS = [1, 1, 0]
+
+    def _samples(self):
+        out = []
+        for logits, label in zip(self.LOGITS, self.LABELS):
+            sample = DataSample().set_gt_label(label)
+            sample.set_pred_score(torch.tensor(logits).softmax(0))
+            out.append(sample.to_dict())
+        return out
+
+    def _top1(self, tau):
+        metric = LongTailAccuracy(
+            topk=1, class_counts=[90, 10], logit_adjust_tau=tau,
+            per_class_file=None)
+        return run(metric, self._samples())['accuracy/top1']
+
+    def test_hand_computation(self):
+        # tau * log(prior) = tau * (log 0.9, log 0.1) = tau * (-0.105,
+        # -2.303). Adjusted logits, tau = 1:
+        #   [2.105, 3.303] -> 1 (right), [2.105, 2.803] -> 1 (right),
+        #   [0.105, 3.303] -> 1 (wrong): 2/3.
+        # tau = 0.5: [2.053, 2.151] -> 1, [2.053, 1.651] -> 0,
+        #   [0.053, 2.151] -> 1: 1/3. tau = 0: argmax of the logits:
+        #   0, 0, 1: 0/3.
+        self.assertAlmostEqual(self._top1(1.0), 200 / 3)
+        self.assertAlmostEqual(self._top1(0.5), 100 / 3)
+        self.assertAlmostEqual(self._top1(0.0), 0.0)
+
+    def test_adjusted_scores_equal_logits_minus_tau_log_prior(self):
+        metric = LongTailAccuracy(class_counts=[90, 10, 0],
+                                  logit_adjust_tau=1.5)
+        logits = torch.tensor([0.3, -1.0, 2.0])
+        got = metric.adjust(logits.softmax(0))
+        # An empty class counts as one image: prior (90, 10, 1) / 101.
+        prior = np.array([90, 10, 1]) / 101
+        want = logits.double().numpy() - 1.5 * np.log(prior)
+        # Equal up to the per-sample constant logsumexp(logits).
+        diff = got.numpy() - want
+        np.testing.assert_allclose(diff, diff[0], atol=1e-9)
+
+    def test_needs_scores_and_valid_tau(self):
+        with self.assertRaisesRegex(ValueError, 'logit_adjust_tau'):
+            LongTailAccuracy(logit_adjust_tau=-1)
+        metric = LongTailAccuracy(class_counts=COUNTS, logit_adjust_tau=1)
+        with self.assertRaisesRegex(ValueError, 'pred_score'):
+            metric.process(None, make_samples(with_score=False))

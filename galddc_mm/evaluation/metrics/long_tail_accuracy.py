@@ -71,6 +71,19 @@ class LongTailAccuracy(BaseMetric):
     'tau', 'average', 'classes': [one dict per class with the CSV
     columns]}`` (``null`` for the empty fields).
 
+    **Post-hoc logit adjustment** (Menon et al., ICLR 2021). With
+    ``logit_adjust_tau`` :math:`\tau > 0` the predictions are ranked by
+
+    .. math:: \log p_c - \tau \log \pi_c,
+
+    :math:`p` the model's ``pred_score`` (a softmax, so :math:`\log p_c` is
+    the logit up to a per-sample constant and the ranking is that of
+    logits minus :math:`\tau \log \pi_c`) and :math:`\pi_c = n_c / \sum n`
+    the training prior (a class without training images counts as one
+    image, so its adjustment stays finite). Any trained model can be
+    evaluated so, e.g. ``tools/test.py CONFIG CKPT --cfg-options
+    test_evaluator.logit_adjust_tau=1.0``; choose :math:`\tau` on val.
+
     Only the top-k indices of each prediction are kept between batches
     (not the K scores), so iNaturalist's 8,142 classes cost no memory and
     the distributed collection stays small.
@@ -93,6 +106,9 @@ class LongTailAccuracy(BaseMetric):
         per_class_file (str, optional): Base name of the per-class files;
             None disables them. Give the val and test evaluators different
             names. Defaults to ``'per_class_accuracy'``.
+        logit_adjust_tau (float): :math:`\tau` of the post-hoc logit
+            adjustment, see above; needs ``pred_score``. Defaults to 0.0
+            (none).
         collect_device (str): ``'cpu'`` or ``'gpu'``. Defaults to 'cpu'.
         prefix (str, optional): Key prefix. Defaults to None
             (``'accuracy'``).
@@ -110,6 +126,7 @@ class LongTailAccuracy(BaseMetric):
                  average: str = 'class',
                  save_dir: Optional[str] = None,
                  per_class_file: Optional[str] = 'per_class_accuracy',
+                 logit_adjust_tau: float = 0.0,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None,
                  collect_dir: Optional[str] = None) -> None:
@@ -130,6 +147,11 @@ class LongTailAccuracy(BaseMetric):
                              f'{average!r}.')
         if tau is not None and tau < 0:
             raise ValueError(f'tau must be >= 0 or None, got {tau}.')
+        if not logit_adjust_tau >= 0:
+            raise ValueError('logit_adjust_tau must be >= 0, got '
+                             f'{logit_adjust_tau}.')
+        self.logit_adjust_tau = float(logit_adjust_tau)
+        self._log_prior = None
         if class_counts is not None:
             class_counts = self._check_counts(class_counts, 'class_counts')
         self.many_thr = many_thr
@@ -165,14 +187,41 @@ class LongTailAccuracy(BaseMetric):
             result = dict(gt_label=int(gt_label.reshape(-1)[0]))
             if 'pred_score' in data_sample:
                 score = torch.as_tensor(data_sample['pred_score']).reshape(-1)
+                if self.logit_adjust_tau > 0:
+                    score = self.adjust(score)
                 k = min(maxk, score.numel())
                 result['pred_topk'] = score.topk(k).indices.cpu()
                 result['num_scores'] = score.numel()
             else:
+                if self.logit_adjust_tau > 0:
+                    raise ValueError(
+                        'logit_adjust_tau needs the class scores '
+                        '(pred_score), but the predictions carry only a '
+                        'label.')
                 result['pred_topk'] = torch.as_tensor(
                     data_sample['pred_label']).reshape(-1)[:1].cpu()
                 result['num_scores'] = None
             self.results.append(result)
+
+    def adjust(self, score: torch.Tensor) -> torch.Tensor:
+        """``log(score) - logit_adjust_tau * log(prior)`` (see above).
+
+        Args:
+            score (Tensor): One sample's class probabilities, ``(K, )``.
+
+        Returns:
+            Tensor: The adjusted scores, float64, ``(K, )``.
+        """
+        if self._log_prior is None:
+            counts = np.maximum(self._get_class_counts(), 1).astype(float)
+            self._log_prior = torch.from_numpy(np.log(counts / counts.sum()))
+        if score.numel() != self._log_prior.numel():
+            raise ValueError(
+                f'The predictions have {score.numel()} class scores but the '
+                f'training class counts have {self._log_prior.numel()} '
+                'entries.')
+        log_p = score.double().cpu().clamp_min(1e-300).log()
+        return log_p - self.logit_adjust_tau * self._log_prior
 
     def _get_class_counts(self) -> np.ndarray:
         if self.class_counts is not None:
@@ -198,6 +247,8 @@ class LongTailAccuracy(BaseMetric):
             dict[str, float]: The metrics (in percent), without prefix.
         """
         logger = MMLogger.get_current_instance()
+        # The next evaluation may see another data set's counts.
+        self._log_prior = None
         counts = self._get_class_counts()
         num_classes = len(counts)
         target = torch.tensor([r['gt_label'] for r in results])
