@@ -78,6 +78,8 @@ def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
             dataset.update(num_classes=20, n_max=8, img_size=32)
             cfg.model.head.num_classes = 20
             cfg.data_preprocessor.num_classes = 20
+        elif dataset_type == 'GaussianLatentLT':
+            dataset.update(n_max=30, val_per_class=5, test_per_class=5)
         elif dataset_type in LIST_KINDS:
             dataset.data_root = data_roots[LIST_KINDS[dataset_type]]
         _shrink_pipeline(dataset.pipeline)
@@ -91,7 +93,8 @@ def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
     train_cfg = cfg.train_cfg
     if train_cfg.get('type') == 'GALDDCTrainLoop':
         for stage in train_cfg.stages:
-            stage.epochs = 1
+            # A stage a config skips (epochs=0) stays skipped.
+            stage.epochs = min(stage.epochs, 1)
             if 'repeat' in stage:
                 stage.repeat = 1
             if stage.get('cache_latents'):
@@ -106,6 +109,8 @@ def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
                 hook.num_per_class = 2
                 # One tiny epoch of stage 2 samples poor latents.
                 hook.gate = 'warn'
+            if hook.type == 'KnownAnswerHook':
+                hook.update(num_per_class=5, true_per_class=5)
         cfg.param_scheduler = {
             part: [dict(type='ConstantLR', factor=1.0, by_epoch=True)]
             for part in cfg.param_scheduler
