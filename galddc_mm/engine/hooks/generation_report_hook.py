@@ -20,6 +20,45 @@ class GenerationGateError(RuntimeError):
     """Stage 2's generated latents are unfit to train stage 3 on."""
 
 
+def sample_with_seed(model,
+                     labels: torch.Tensor,
+                     seed: int,
+                     sampling: Optional[dict] = None,
+                     chunk_size: Optional[int] = None) -> torch.Tensor:
+    """``model.generate_latents(labels)`` in eval mode from a fixed seed.
+
+    The CPU and CUDA random states are restored afterwards, so a report
+    does not change the training run's random stream.
+
+    Args:
+        model: The unwrapped GALD-DC model.
+        labels (Tensor): Classes to sample, ``(N, )``.
+        seed (int): Seed of the sampling.
+        sampling (dict, optional): Overrides of the DDIM sampler.
+        chunk_size (int, optional): Latents per sampler call (None: all).
+
+    Returns:
+        Tensor: The latents, ``(N, D)``.
+    """
+    chunk = chunk_size or max(1, labels.numel())
+    rng_state = torch.random.get_rng_state()
+    cuda_state = (torch.cuda.get_rng_state_all()
+                  if torch.cuda.is_available() else None)
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([
+            model.generate_latents(labels[i:i + chunk], **(sampling or {}))
+            for i in range(0, labels.numel(), chunk)
+        ])
+    finally:
+        model.train(was_training)
+        torch.random.set_rng_state(rng_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
 @HOOKS.register_module()
 class GenerationReportHook(Hook):
     """Measure what stage 2 generates, and stop before stage 3 if it is bad.
@@ -139,24 +178,8 @@ class GenerationReportHook(Hook):
         device = geometry.prototypes.device
         classes = torch.nonzero(geometry.valid_mask).flatten()
         labels = classes.repeat_interleave(self.num_per_class).to(device)
-        rng_state = torch.random.get_rng_state()
-        cuda_state = (torch.cuda.get_rng_state_all()
-                      if torch.cuda.is_available() else None)
-        torch.manual_seed(self.seed)
-        was_training = model.training
-        model.eval()
-        try:
-            latents = torch.cat([
-                model.generate_latents(labels[i:i + self.chunk_size],
-                                       **self.sampling)
-                for i in range(0, labels.numel(), self.chunk_size)
-            ])
-        finally:
-            model.train(was_training)
-            # Reporting must not change the training run's random stream.
-            torch.random.set_rng_state(rng_state)
-            if cuda_state is not None:
-                torch.cuda.set_rng_state_all(cuda_state)
+        latents = sample_with_seed(model, labels, self.seed, self.sampling,
+                                   self.chunk_size)
         return latents, labels
 
     @torch.no_grad()

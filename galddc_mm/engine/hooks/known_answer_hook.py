@@ -18,6 +18,8 @@ from galddc_mm.evaluation.generation_quality import (
 )
 from galddc_mm.models.classifiers.stages import DIFFUSION
 
+from .generation_report_hook import sample_with_seed
+
 
 def _mean(values) -> Optional[float]:
     values = [float(v) for v in values if v is not None and np.isfinite(v)]
@@ -115,16 +117,8 @@ class KnownAnswerHook(Hook):
         num_classes = geometry.num_classes
         labels = torch.arange(num_classes, device=device).repeat_interleave(
             self.num_per_class)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed)
-        was_training = model.training
-        model.eval()
-        try:
-            generated = model.generate_latents(labels, **self.sampling)
-        finally:
-            model.train(was_training)
-            torch.random.set_rng_state(state)
-        generated = generated.double()
+        generated = sample_with_seed(model, labels, self.seed,
+                                     self.sampling).double()
 
         rng = np.random.default_rng([self.seed, 17])
         true_z = np.concatenate([
