@@ -45,6 +45,27 @@ class TestStageParsing(TestCase):
         self.assertTrue(stages[0].cache_latents)
         self.assertFalse(stages[1].cache_latents)
 
+    def test_real_only_finetune_needs_no_diffusion_stage(self):
+        # cRT: stage 1, then G re-trained on cached real latents.
+        stages = parse_stages([
+            dict(name='representation', epochs=2),
+            dict(name='diffusion', epochs=0),
+            dict(name='finetune', epochs=3, mode='stable',
+                 cache_latents=True, pseudo_latents=False,
+                 sampler='class_balanced', reinit_head=True),
+        ])
+        self.assertEqual([(s.name, s.begin, s.end) for s in stages],
+                         [('representation', 0, 2), ('finetune', 2, 5)])
+        finetune = stages[1]
+        self.assertEqual((finetune.sampler, finetune.pseudo_latents,
+                          finetune.reinit_head),
+                         ('class_balanced', False, True))
+        self.assertIn('no pseudo-latents', repr(finetune))
+        # With pseudo-latents the diffusion stage is still required.
+        with self.assertRaisesRegex(ValueError, 'pseudo_latents=False'):
+            parse_stages([dict(name='representation', epochs=2),
+                          dict(name='finetune', epochs=3)])
+
     def test_bad_stages(self):
         cases = [
             ([dict(name='pretrain', epochs=1)], 'unknown'),
@@ -63,6 +84,16 @@ class TestStageParsing(TestCase):
              'unknown keys'),
             ([dict(name='diffusion', epochs=1, cache_latents=False,
                    repeat=2)], 'cache_latents'),
+            ([dict(name='diffusion', epochs=1, sampler='balanced')],
+             'latent samplers'),
+            ([dict(name='diffusion', epochs=1),
+              dict(name='finetune', epochs=1, sampler='class_balanced')],
+             'only applies to stages with cache_latents'),
+            ([dict(name='diffusion', epochs=1),
+              dict(name='finetune', epochs=1, pseudo_latents='no')],
+             'True or False'),
+            ([dict(name='representation', epochs=1, reinit_head=True)],
+             'unknown keys'),
         ]
         for stages, message in cases:
             with self.assertRaisesRegex((ValueError, KeyError), message):
@@ -177,3 +208,62 @@ class TestLatentLoader(TestCase):
         self.assertTrue(torch.equal(order(1), order(1)))
         self.assertFalse(torch.equal(order(1), order(2)))
         self.assertEqual(order(1).numel(), 32)  # two passes
+
+
+class TestClassBalancedLatentLoader(TestCase):
+    """Class-aware sampling of the cache (cRT): classes drawn uniformly."""
+
+    COUNTS = (500, 100, 20, 5, 1)
+
+    def _cache(self):
+        labels = torch.cat([
+            torch.full((n, ), c) for c, n in enumerate(self.COUNTS)])
+        # Each latent holds its own position, to see which one was drawn.
+        latents = torch.arange(labels.numel()).float().view(-1, 1)
+        return LatentCache(latents, labels, torch.arange(labels.numel()))
+
+    def _draw(self, class_balanced=True, seed=0, epoch=0, rank=0,
+              world_size=1):
+        # 626 latents, batches of 100: 7 per pass; 15 passes = 10,500.
+        loader = LatentLoader(self._cache(), batch_size=100, repeat=15,
+                              seed=seed, epoch=epoch, rank=rank,
+                              world_size=world_size,
+                              class_balanced=class_balanced)
+        batches = list(loader)
+        self.assertEqual(len(batches), len(loader))
+        return (torch.cat([b['labels'] for b in batches]),
+                torch.cat([b['latents'] for b in batches]).view(-1).long())
+
+    def test_classes_are_uniform(self):
+        from scipy.stats import chisquare
+        labels, positions = self._draw()
+        self.assertEqual(labels.numel(), 10500)
+        counts = torch.bincount(labels, minlength=5).numpy()
+        # Uniform over the 5 classes: chi-square with 4 degrees of freedom.
+        # The draw is fixed by the seed; p is far from both tails.
+        self.assertGreater(chisquare(counts).pvalue, 0.01)
+        # The plain loader follows the data: 500/626 of draws are class 0.
+        plain, _ = self._draw(class_balanced=False)
+        self.assertLess(
+            chisquare(torch.bincount(plain, minlength=5).numpy()).pvalue,
+            1e-100)
+        # Each drawn latent belongs to its label ...
+        cache = self._cache()
+        self.assertTrue(torch.equal(cache.labels[positions], labels))
+        # ... and within a class the latents are uniform too (class 3: 5
+        # latents at positions 620..624).
+        within = torch.bincount(positions[labels == 3] - 620, minlength=5)
+        self.assertEqual(within.numel(), 5)
+        self.assertGreater(chisquare(within.numpy()).pvalue, 0.01)
+
+    def test_deterministic_per_seed_epoch_and_rank(self):
+        first, _ = self._draw(seed=3, epoch=1, rank=0)
+        self.assertTrue(torch.equal(first, self._draw(seed=3, epoch=1)[0]))
+        for other in (dict(seed=4, epoch=1), dict(seed=3, epoch=2)):
+            self.assertFalse(torch.equal(first, self._draw(**other)[0]),
+                             other)
+        # Two ranks: as many batches each, different draws.
+        rank0, _ = self._draw(seed=3, epoch=1, rank=0, world_size=2)
+        rank1, _ = self._draw(seed=3, epoch=1, rank=1, world_size=2)
+        self.assertEqual(rank0.numel(), rank1.numel())
+        self.assertFalse(torch.equal(rank0, rank1))

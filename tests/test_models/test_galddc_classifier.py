@@ -473,3 +473,53 @@ class TestCalibrationOnGaussianMixture(TestCase):
         # prior radius (the other classes sit 4 to 5.7 away).
         for s in (s0, s1):
             self.assertLess(float((s.mean(0) - means[2]).norm()), r_prior)
+
+
+class TestRealOnlyFinetuneAndHeadReinit(TestCase):
+    """What cRT needs: stage 3 without pseudo-latents, a re-initialised G.
+    """
+
+    def test_finetune_without_pseudo_latents_draws_none(self):
+        model = _build()  # no geometry: nothing could be sampled anyway
+        model.set_stage('finetune', 'stable', pseudo_latents=False)
+
+        def no_sampling(*args, **kwargs):
+            raise AssertionError('sampled pseudo-latents')
+
+        model.sample_pseudo_latents = no_sampling
+        latents = torch.randn(6, 64)
+        labels = torch.tensor([0, 1, 2, 3, 0, 1])
+        losses = model.finetune_loss(latents, labels)
+        self.assertEqual(set(losses), {'loss_cls'})
+        # Plain CE of G on the real latents, computed independently.
+        logits = latents @ model.head.fc.weight.T + model.head.fc.bias
+        torch.testing.assert_close(
+            losses['loss_cls'], torch.nn.functional.cross_entropy(
+                logits, labels))
+        # Switching back to a GALD-DC stage draws them again.
+        model.set_stage('finetune', 'stable')
+        self.assertTrue(model.use_pseudo_latents)
+
+    def test_reinit_head_is_seeded_and_leaves_global_rng(self):
+        model = _build()
+        with torch.no_grad():
+            model.head.fc.weight.fill_(3.0)
+            model.head.fc.bias.fill_(3.0)
+        torch.manual_seed(123)
+        expected_next = torch.rand(3)
+        torch.manual_seed(123)
+        model.reinit_head(seed=7)
+        first = copy.deepcopy(model.head.state_dict())
+        # The global stream is where it was before the call.
+        torch.testing.assert_close(torch.rand(3), expected_next)
+        # LinearClsHead's init_cfg: N(0, 0.01) weights, zero bias.
+        weight = first['fc.weight']
+        self.assertLess(weight.abs().max().item(), 0.1)
+        self.assertGreater(weight.std().item(), 0.003)
+        self.assertTrue(torch.equal(first['fc.bias'],
+                                    torch.zeros_like(first['fc.bias'])))
+        # The same seed gives the same weights; another seed others.
+        model.reinit_head(seed=7)
+        self.assertTrue(torch.equal(model.head.fc.weight, weight))
+        model.reinit_head(seed=8)
+        self.assertFalse(torch.equal(model.head.fc.weight, weight))

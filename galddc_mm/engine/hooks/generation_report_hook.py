@@ -168,7 +168,8 @@ class GenerationReportHook(Hook):
         # A run resumed at the start of stage 3 has not seen the gate.
         stage = getattr(runner.train_loop, 'current_stage', None)
         if (stage is not None and stage.name == FINETUNE
-                and runner.epoch == stage.begin and not self._gated):
+                and stage.pseudo_latents and runner.epoch == stage.begin
+                and not self._gated):
             self._check(runner, self.report(runner, None))
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ from mmpretrain.registry import LOOPS
 from mmpretrain.utils import get_ori_model
 from torch.utils.data import DataLoader
 
-from galddc_mm.models.classifiers.stages import DIFFUSION, FINETUNE
+from galddc_mm.models.classifiers.stages import DIFFUSION, FINETUNE, STAGES
 
 from .latent_cache import (
     LatentCache,
@@ -56,6 +56,24 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
     - ``lr_mult``: ``dict(part=mult)``; on the stage's first epoch the lr of
       each part it trains is reset to ``mult`` x the part's base lr, so
       schedules starting at the stage boundary start from there. Default 1.
+    - ``sampler`` (cached stages): ``'random'`` (default, shuffled passes)
+      or ``'class_balanced'`` (a class uniformly, then one of its latents;
+      see :class:`LatentLoader`).
+    - ``pseudo_latents`` (finetune): draw pseudo-latents (default True).
+      False trains on real data only (cRT, or a control); such a stage
+      needs no diffusion stage before it.
+    - ``reinit_head`` (finetune): re-initialise G on the stage's first
+      epoch, from a generator seeded by the run's seed (the same on every
+      rank), as cRT does. Default False.
+
+    On its first epoch a stage also starts the optimisers of the parts it
+    trains afresh (momentum and Adam moments cleared): what a stage learns
+    does not depend on the optimiser history of an earlier stage, so a run
+    that skips stage 1 and loads its checkpoint (``load_from`` +
+    ``stages[0].epochs=0``) trains stages 2 and 3 as the whole run does.
+    For the same reason every random stream of a stage (re-seeding, latent
+    batches, pseudo-latent banks, the image sampler's shuffle) is keyed by
+    the stage and the epoch within it, not by the global epoch.
 
     Args:
         runner (Runner): The runner.
@@ -126,6 +144,17 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         """The stage of the current epoch."""
         return self.stage_at(self._epoch)
 
+    def _epoch_key(self, stage: Optional[Stage] = None) -> int:
+        """The key of the current epoch's random streams.
+
+        ``stage index x 100003 + epoch within the stage``: stage 1 keeps
+        the global epoch, and later stages draw the same numbers whether or
+        not stage 1 ran in this process.
+        """
+        stage = stage or self.current_stage
+        return (STAGES.index(stage.name) * 100003 +
+                (self._epoch - stage.begin))
+
     def _iters_of(self, stage: Stage) -> int:
         if not stage.cache_latents:
             return len(self.image_dataloader)
@@ -181,18 +210,24 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
                 self._latent_batch_size(stage),
                 stage.repeat,
                 seed=self._base_seed(),
-                epoch=self._epoch,
+                epoch=self._epoch_key(stage),
                 rank=rank,
                 world_size=world_size,
-                dataset=self.image_dataloader.dataset)
+                dataset=self.image_dataloader.dataset,
+                class_balanced=stage.sampler == 'class_balanced')
         else:
             self.dataloader = self.image_dataloader
-        if stage.name == FINETUNE:
+        if stage.name == FINETUNE and stage.pseudo_latents:
             self._fill_pseudo_bank(stage)
         # ClassGeometryHook fits the class statistics on the cache here.
         self.runner.call_hook('before_train_epoch')
         if not stage.cache_latents:
             self.latent_cache = None  # free it: this stage trains on images
+            # After DistSamplerSeedHook (which sets the global epoch): the
+            # image order is keyed like the stage's other random streams.
+            sampler = getattr(self.dataloader, 'sampler', None)
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(self._epoch_key(stage))
         self.runner.model.train()
         for idx, data_batch in enumerate(self.dataloader):
             self.run_iter(idx, data_batch)
@@ -206,8 +241,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         different banks, and a run resumed at this epoch draws the same.
         """
         rank, _ = get_dist_info()
-        seed = (self._base_seed() + 1000003 * self._epoch + 7919 * rank +
-                17) % (2**63)
+        seed = (self._base_seed() + 1000003 * self._epoch_key(stage) +
+                7919 * rank + 17) % (2**63)
         batch_size = (self._latent_batch_size(stage) if stage.cache_latents
                       else self.image_dataloader.batch_size)
         start = time.perf_counter()
@@ -223,7 +258,7 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
 
     def _reseed(self) -> None:
         rank, _ = get_dist_info()
-        seed = (self._base_seed() + 1000003 * self._epoch +
+        seed = (self._base_seed() + 1000003 * self._epoch_key() +
                 7919 * rank) % (2**31)
         random.seed(seed)
         np.random.seed(seed)
@@ -233,21 +268,30 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         model = get_ori_model(self.runner.model)
         self.runner.logger.info(f'Entering stage {stage!r}')
         first_entry = not model.geometry_ready
+        starts = self._epoch == stage.begin
         if stage.name in (DIFFUSION, FINETUNE) and first_entry:
-            if stage.name == FINETUNE:
+            if stage.name == FINETUNE and stage.pseudo_latents:
                 raise RuntimeError(
                     'The finetune stage starts without class geometry; the '
                     'diffusion stage must run (or be resumed) first.')
-            # First entry of stage 2: E becomes E^(0), identical on ranks.
-            model.freeze_encoder_copy(broadcast_from_rank0=True)
-        model.set_stage(stage.name, stage.mode)
+            if stage.name == DIFFUSION or starts:
+                # E becomes E^(0), identical on ranks: on the first entry
+                # of stage 2, or when stage 3 runs without it (a resumed
+                # stage 3 keeps the E^(0) of its checkpoint).
+                model.freeze_encoder_copy(broadcast_from_rank0=True)
+        model.set_stage(stage.name, stage.mode,
+                        pseudo_latents=stage.pseudo_latents)
         # The class statistics are fitted on the cache the first time
         # stage 2 starts, whether or not it then trains on it.
         needs_cache = stage.cache_latents or (stage.name == DIFFUSION
                                               and first_entry)
         self.latent_cache = self._build_cache(model) if needs_cache else None
-        if self._epoch == stage.begin:
-            self._reset_lr(model, stage)
+        if starts:
+            if stage.reinit_head:
+                model.reinit_head(self._base_seed() +
+                                  1000003 * self._epoch_key(stage))
+                self.runner.logger.info('Classifier G re-initialised.')
+            self._reset_optimizers(model, stage)
         self._active = stage
 
     def build_extract_dataloader(self) -> DataLoader:
@@ -266,7 +310,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
             model, self.build_extract_dataloader(), self.runner.logger,
             show_progress=is_main_process())
 
-    def _reset_lr(self, model, stage: Stage) -> None:
+    def _reset_optimizers(self, model, stage: Stage) -> None:
+        """Start the stage's parts afresh: base lr x lr_mult, no state."""
         optim_wrapper = self.runner.optim_wrapper
         if not hasattr(optim_wrapper, 'items'):
             return
@@ -274,6 +319,8 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
             if part not in optim_wrapper:
                 continue
             mult = stage.lr_mult.get(part, 1.0)
-            for group in optim_wrapper[part].param_groups:
+            optimizer = optim_wrapper[part].optimizer
+            optimizer.state.clear()
+            for group in optimizer.param_groups:
                 base = group.get('initial_lr', group['lr'])
                 group['lr'] = base * mult

@@ -172,6 +172,14 @@ class LatentLoader:
     ``seed + epoch`` and takes every ``world_size``-th entry, padded like
     ``DefaultSampler`` so all ranks run the same number of steps.
 
+    With ``class_balanced=True`` (class-aware sampling, as cRT trains the
+    classifier) each latent of a batch is drawn with replacement: a class
+    uniformly among the classes in the cache, then one of its latents
+    uniformly. Each rank draws from its own generator, seeded by
+    ``(seed + epoch, rank)``, so ranks differ and a run resumed at this
+    epoch draws the same batches. The number of batches is the same as
+    without it; every batch is full.
+
     Args:
         cache (LatentCache): The whole cache.
         batch_size (int): Latents per batch and rank.
@@ -183,6 +191,8 @@ class LatentLoader:
         dataset (BaseDataset, optional): The image data set the latents
             come from (its metainfo is what checkpoints and visualisers
             read from ``runner.train_dataloader``). Defaults to None.
+        class_balanced (bool): Class-aware sampling, see above. Defaults
+            to False.
     """
 
     def __init__(self,
@@ -193,8 +203,10 @@ class LatentLoader:
                  epoch: int,
                  rank: int = 0,
                  world_size: int = 1,
-                 dataset=None):
+                 dataset=None,
+                 class_balanced: bool = False):
         self.latents, self.labels = cache.latents, cache.labels
+        self.class_balanced = class_balanced
         self.dataset = dataset
         self.batch_size = batch_size
         self.repeat = repeat
@@ -216,6 +228,9 @@ class LatentLoader:
             self.world_size)
 
     def __iter__(self) -> Iterator[dict]:
+        if self.class_balanced:
+            yield from self._class_balanced_batches()
+            return
         n = self.latents.size(0)
         gen = torch.Generator()
         gen.manual_seed(self.seed + self.epoch)
@@ -228,3 +243,19 @@ class LatentLoader:
                 sel = perm[i:i + self.batch_size]
                 yield dict(latents=self.latents[sel], labels=self.labels[sel])
 
+
+    def _class_balanced_batches(self) -> Iterator[dict]:
+        gen = torch.Generator()
+        gen.manual_seed(((self.seed + self.epoch) * 1000003 + self.rank) %
+                        (2**63))
+        labels = self.labels.cpu()
+        order = torch.argsort(labels, stable=True)
+        classes, counts = torch.unique(labels, return_counts=True)
+        offsets = torch.cumsum(counts, 0) - counts
+        for _ in range(len(self)):
+            cls = torch.randint(
+                classes.numel(), (self.batch_size, ), generator=gen)
+            within = (torch.rand(self.batch_size, generator=gen) *
+                      counts[cls]).long().clamp(max=counts[cls] - 1)
+            sel = order[offsets[cls] + within].to(self.latents.device)
+            yield dict(latents=self.latents[sel], labels=self.labels[sel])

@@ -22,13 +22,18 @@ from galddc_mm.models.classifiers.stages import (
 )
 
 _COMMON_KEYS = {'name', 'epochs', 'val_interval', 'lr_mult'}
+_CACHE_KEYS = {'cache_latents', 'batch_size', 'repeat', 'sampler'}
 #: The keys each stage accepts.
 STAGE_KEYS = {
     REPRESENTATION: _COMMON_KEYS,
-    DIFFUSION: _COMMON_KEYS | {'cache_latents', 'batch_size', 'repeat'},
-    FINETUNE: _COMMON_KEYS | {'mode', 'cache_latents', 'batch_size',
-                              'repeat'},
+    DIFFUSION: _COMMON_KEYS | _CACHE_KEYS,
+    FINETUNE: _COMMON_KEYS | _CACHE_KEYS | {'mode', 'pseudo_latents',
+                                            'reinit_head'},
 }
+#: How a cached stage draws its latents: ``'random'``: a shuffled pass over
+#: the cache; ``'class_balanced'``: a class uniformly, then a latent of it
+#: uniformly (class-aware sampling, as cRT trains).
+LATENT_SAMPLERS = ('random', 'class_balanced')
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,11 @@ class Stage:
         repeat (int): Passes over the latent cache per epoch.
         val_interval (int, optional): Validation interval in the stage.
         lr_mult (dict): ``{part: mult}`` applied on the stage's first epoch.
+        sampler (str): One of ``LATENT_SAMPLERS`` (cached stages).
+        pseudo_latents (bool): ``finetune`` draws pseudo-latents (False:
+            real data only, as cRT or the fine-tuning of a control).
+        reinit_head (bool): ``finetune`` re-initialises G on its first
+            epoch (cRT, Kang et al. 2020).
     """
     name: str
     epochs: int
@@ -55,6 +65,9 @@ class Stage:
     repeat: int = 1
     val_interval: Optional[int] = None
     lr_mult: Dict[str, float] = field(default_factory=dict)
+    sampler: str = 'random'
+    pseudo_latents: bool = True
+    reinit_head: bool = False
 
     @property
     def end(self) -> int:
@@ -64,7 +77,11 @@ class Stage:
     def __repr__(self):
         mode = f', mode={self.mode}' if self.mode else ''
         cache = ', cached latents' if self.cache_latents else ''
-        return (f'{self.name}{mode}{cache} '
+        if self.sampler != 'random':
+            cache += f' ({self.sampler})'
+        extra = '' if self.pseudo_latents else ', no pseudo-latents'
+        extra += ', head re-initialised' if self.reinit_head else ''
+        return (f'{self.name}{mode}{cache}{extra} '
                 f'(epochs {self.begin + 1}-{self.end})')
 
 
@@ -104,6 +121,19 @@ def _stage_from_cfg(cfg: dict, index: int, begin: int) -> Stage:
                                    or batch_size < 1):
         raise ValueError(f'{where}.batch_size must be a positive integer, '
                          f'got {batch_size!r}.')
+    sampler = cfg.get('sampler', 'random')
+    if sampler not in LATENT_SAMPLERS:
+        raise ValueError(f'{where}.sampler={sampler!r} is unknown; latent '
+                         f'samplers are {LATENT_SAMPLERS}.')
+    if cfg.get('sampler') is not None and not cache_latents:
+        raise ValueError(f'{where}.sampler only applies to stages with '
+                         'cache_latents=True (it draws cached latents).')
+    flags = {}
+    for key, default in (('pseudo_latents', True), ('reinit_head', False)):
+        flags[key] = cfg.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise ValueError(f'{where}.{key} must be True or False, got '
+                             f'{flags[key]!r}.')
     lr_mult = dict(cfg.get('lr_mult') or {})
     for part, mult in lr_mult.items():
         if part not in PARTS or mult < 0:
@@ -118,7 +148,9 @@ def _stage_from_cfg(cfg: dict, index: int, begin: int) -> Stage:
         batch_size=batch_size,
         repeat=repeat,
         val_interval=cfg.get('val_interval'),
-        lr_mult=lr_mult)
+        lr_mult=lr_mult,
+        sampler=sampler,
+        **flags)
 
 
 def parse_stages(stages: Sequence[dict]) -> List[Stage]:
@@ -126,7 +158,8 @@ def parse_stages(stages: Sequence[dict]) -> List[Stage]:
 
     Stages run in the order of ``STAGES``, each at most once; a stage with
     0 epochs is skipped (it takes no epoch and is not returned). A
-    ``finetune`` stage needs a ``diffusion`` stage before it.
+    ``finetune`` stage with pseudo-latents needs a ``diffusion`` stage
+    before it.
 
     Args:
         stages (Sequence[dict]): ``train_cfg.stages``.
@@ -158,10 +191,13 @@ def parse_stages(stages: Sequence[dict]) -> List[Stage]:
     if not parsed:
         raise ValueError('Every stage in train_cfg.stages has 0 epochs.')
     names = [s.name for s in parsed]
-    if FINETUNE in names and DIFFUSION not in names:
+    if (FINETUNE in names and DIFFUSION not in names
+            and parsed[-1].pseudo_latents):
         raise ValueError(
-            'A finetune stage needs a diffusion stage before it (the '
-            'diffusion head must be trained to sample pseudo-latents).')
+            'A finetune stage with pseudo-latents needs a diffusion stage '
+            'before it (the diffusion head must be trained to sample '
+            'them); give the diffusion stage epochs, or set '
+            'pseudo_latents=False on the finetune stage (real data only).')
     return parsed
 
 

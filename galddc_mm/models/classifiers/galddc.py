@@ -207,6 +207,7 @@ class GALDDCClassifier(ImageClassifier):
 
         self.stage = REPRESENTATION
         self.finetune_mode = None
+        self.use_pseudo_latents = True
         # The denoised estimates of the last stage-2 step, for the EMA.
         self._geometry_batch = None
 
@@ -236,7 +237,10 @@ class GALDDCClassifier(ImageClassifier):
         """The optimiser-wrapper names a stage trains (see ``stages``)."""
         return trainable_parts(stage, mode)
 
-    def set_stage(self, stage: str, mode: Optional[str] = None) -> None:
+    def set_stage(self,
+                  stage: str,
+                  mode: Optional[str] = None,
+                  pseudo_latents: bool = True) -> None:
         """Switch the stage: what ``loss`` computes and what is trainable.
 
         Args:
@@ -244,10 +248,14 @@ class GALDDCClassifier(ImageClassifier):
                 ``'finetune'``.
             mode (str, optional): ``'stable'`` or ``'hybrid'`` for the
                 finetune stage. Defaults to None.
+            pseudo_latents (bool): Whether the finetune stage draws
+                pseudo-latents; False leaves its real-data terms only
+                (cRT, or a same-budget control). Defaults to True.
         """
         parts = trainable_parts(stage, mode)
         self.stage = stage
         self.finetune_mode = mode if stage == FINETUNE else None
+        self.use_pseudo_latents = bool(pseudo_latents)
         for part, modules in self.part_modules().items():
             for module in modules.values():
                 module.requires_grad_(part in parts)
@@ -300,6 +308,31 @@ class GALDDCClassifier(ImageClassifier):
                 for tensor in src.values():
                     broadcast(tensor, src=0)
             self.frozen_encoder[name].load_state_dict(src)
+
+    @torch.no_grad()
+    def reinit_head(self, seed: int) -> None:
+        """Re-initialise G by its ``init_cfg``, from a seeded generator.
+
+        cRT (Kang et al., ICLR 2020) re-trains a freshly initialised
+        classifier. The global random state is left as it was, and every
+        rank draws the same weights from the same ``seed``.
+
+        Args:
+            seed (int): The seed of the new weights.
+        """
+        head = get_ori_model(self.head)
+        devices = sorted({
+            p.device.index or 0
+            for p in head.parameters() if p.device.type == 'cuda'
+        })
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed % (2**63))
+            for module in head.modules():
+                if hasattr(module, '_is_init'):
+                    module._is_init = False
+            # BaseModule initialises once; clearing the flag makes it
+            # apply init_cfg again.
+            head.init_weights()
 
     # ------------------------------------------------------------------
     # latents, statistics and generation
@@ -528,15 +561,21 @@ class GALDDCClassifier(ImageClassifier):
         """Stage 3: CE on real latents + gamma CE on fresh pseudo-latents.
 
         Real and pseudo latents go through G in ONE forward (one DDP call),
-        the pseudo half detached so that it trains G only.
+        the pseudo half detached so that it trains G only. Without
+        pseudo-latents (``set_stage(..., pseudo_latents=False)``) only the
+        real term is computed.
         """
         num_real = latents.size(0)
+        head = get_ori_model(self.head)
+        if not self.use_pseudo_latents:
+            logits = self.head((latents, ))
+            return dict(loss_cls=head.loss_module(
+                logits, labels, avg_factor=num_real))
         num_pseudo = self.pseudo_batch_size or num_real
         pseudo, pseudo_labels = self.sample_pseudo_latents(
             num_pseudo, latents.device)
         feats = torch.cat([latents, pseudo.to(latents.dtype)])
         logits = self.head((feats, ))
-        head = get_ori_model(self.head)
         losses = dict(
             loss_cls=head.loss_module(
                 logits[:num_real], labels, avg_factor=num_real),
