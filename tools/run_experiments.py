@@ -30,6 +30,30 @@ keeps every per-seed value and difference.
 ``--seed-keys`` sets more config keys to the run's seed (for instance the
 data set's own seed, so that every seed also draws its own data).
 
+``--share-stage1`` makes the rows truly paired: stage 1 (the CE
+representation learning) is trained once per seed, in
+``ROOT/stage1/seed<S>``, by the first config that runs the GALD-DC loop,
+with its other stages at 0 epochs; that run is also a row of the table
+(``--stage1-label``, default ``CE (stage 1)``). Every GALD-DC-loop row then
+starts from it (``load_from=<its last checkpoint>`` and
+``train_cfg.stages.<i>.epochs=0``), which the loop makes equal to running
+the row whole (random streams keyed by stage, optimisers started afresh
+per stage; ``tests/test_tools/test_run_experiments.py`` checks it bit for
+bit on the CPU). Rows must share the stage-1 recipe (the model's encoder
+and head, the data preprocessor, the training data, the encoder and head
+optimisers, the representation stage and its schedulers); the tool refuses
+otherwise and names the first key that differs. Other configs (a plain
+MMPretrain config) run as usual.
+
+``--logit-adjust LABEL ...`` adds a row ``LABEL + LA`` for each named row:
+post-hoc logit adjustment of the final model of each of its runs, tau
+chosen on val and reported on test by ``tools/analysis/logit_adjust.py``
+(output in ``<work dir>/logit_adjust.json``).
+
+``--jobs N`` runs N subprocesses at a time (the stage-1 runs first, then
+the rows, then the logit-adjustment sweeps); give each a thread count that
+fits, e.g. ``OMP_NUM_THREADS=1``.
+
 Examples::
 
     # the Digits-LT table of the README (about 25 CPU-minutes)
@@ -52,6 +76,8 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -67,6 +93,10 @@ OPTIONAL_COLUMNS = ('head', 'tail')
 PAIRED_COLUMNS = (('top1', 'top-1'), ('few', 'few'), ('tail', 'tail'))
 TRAIN_LOG = 'run_experiments_train.log'
 TEST_LOG = 'run_experiments_test.log'
+LA_LOG = 'run_experiments_logit_adjust.log'
+LA_FILE = 'logit_adjust.json'
+LA_SUFFIX = ' + LA'
+STAGE1_FOLDER = 'stage1'
 _NAME = re.compile(r'^[A-Za-z0-9_.+-]+$')
 
 
@@ -80,6 +110,11 @@ class Run:
     options: List[str] = field(default_factory=list)
     label: Optional[str] = None
     seed_keys: List[str] = field(default_factory=list)
+    #: The shared stage-1 run this run starts from (``--share-stage1``).
+    after: Optional['Run'] = None
+    #: Options after the common ``--cfg-options`` (which cannot undo them):
+    #: the stage lengths and ``load_from`` of ``--share-stage1``.
+    pinned_options: List[str] = field(default_factory=list)
 
     @property
     def seed_options(self) -> List[str]:
@@ -221,6 +256,167 @@ def plan_runs(configs: Sequence[str],
     return runs
 
 
+# ----------------------------------------------------------------------
+# shared stage 1 and logit adjustment
+# ----------------------------------------------------------------------
+def load_config(config: str, options: Sequence[str] = ()):
+    """The config with ``--cfg-options``-style ``key=value`` merged."""
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(config)
+    if options:
+        namespace = argparse.Namespace()
+        DictAction(option_strings=[], dest='options')(None, namespace,
+                                                      list(options))
+        cfg.merge_from_dict(namespace.options)
+    return cfg
+
+
+def stage_indices(cfg) -> Optional[Dict[str, int]]:
+    """``{stage name: index in train_cfg.stages}``; None for another loop.
+    """
+    train_cfg = cfg.get('train_cfg') or {}
+    if train_cfg.get('type') != 'GALDDCTrainLoop':
+        return None
+    return {stage['name']: i for i, stage in enumerate(train_cfg['stages'])}
+
+
+def _plain(value):
+    """Config values as plain dicts and lists, comparable with ``==``."""
+    if hasattr(value, 'to_dict'):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def stage1_recipe(cfg) -> Dict:
+    """What stage 1 of a GALD-DC-loop config depends on, as plain data.
+
+    Two configs with equal recipes train the same stage 1 for a seed.
+
+    Args:
+        cfg (Config): A config whose loop is ``GALDDCTrainLoop``.
+
+    Returns:
+        dict: ``{key: value}`` of the model's encoder and head, the data
+        preprocessor, the training data, the encoder and head optimisers,
+        the representation stage and its schedulers.
+    """
+    model = cfg.get('model', {})
+    representation = [
+        s for s in cfg['train_cfg']['stages'] if s['name'] == 'representation'
+    ]
+    optim = cfg.get('optim_wrapper', {})
+    schedulers = cfg.get('param_scheduler') or {}
+    if isinstance(schedulers, dict) and 'type' not in schedulers:
+        schedulers = {
+            part: [
+                s for s in (group if isinstance(group, (list, tuple)) else
+                            [group]) if s.get('stage') == 'representation'
+            ]
+            for part, group in schedulers.items()
+        }
+    recipe = {
+        f'model.{key}': model.get(key)
+        for key in ('backbone', 'neck', 'head', 'data_preprocessor')
+    }
+    recipe.update({
+        'data_preprocessor': cfg.get('data_preprocessor'),
+        'train_dataloader': cfg.get('train_dataloader'),
+        'optim_wrapper.encoder': optim.get('encoder'),
+        'optim_wrapper.head': optim.get('head'),
+        'train_cfg.stages (representation)': representation,
+        'param_scheduler (representation)': schedulers,
+    })
+    return _plain(recipe)
+
+
+def share_stage1(runs: Sequence[Run],
+                 work_root: str,
+                 label: str,
+                 common_options: Sequence[str] = ()) -> List[Run]:
+    """Make the GALD-DC-loop runs start from one stage-1 run per seed.
+
+    Changes ``runs`` in place (pinned options: ``load_from`` the stage-1
+    run's last checkpoint, the representation stage at 0 epochs; ``after``)
+    and
+    returns the stage-1 runs, one per seed, made by the first GALD-DC-loop
+    config with its other stages at 0 epochs.
+
+    Args:
+        runs (Sequence[Run]): The plan.
+        work_root (str): Root of the work dirs.
+        label (str): Row name of the stage-1 runs.
+        common_options (Sequence[str]): ``--cfg-options`` of every run.
+
+    Returns:
+        list[Run]: The stage-1 runs, in seed order of the plan.
+    """
+    reference, stage1_runs = None, {}
+    for run in runs:
+        cfg = load_config(
+            run.config,
+            run.seed_options + run.options + list(common_options))
+        indices = stage_indices(cfg)
+        if indices is None or 'representation' not in indices:
+            continue
+        recipe = stage1_recipe(cfg)
+        if reference is None:
+            # Its options before they gain load_from below.
+            reference = (run, recipe, indices, list(run.options))
+        elif recipe != reference[1]:
+            key = next(k for k in recipe if recipe[k] != reference[1][k])
+            raise ValueError(
+                f'--share-stage1: {run.config} (row {run.row!r}) trains '
+                f'another stage 1 than {reference[0].config}: {key} '
+                'differs. Rows share stage 1 only when it is the same '
+                'recipe; drop --share-stage1 or align the configs.')
+        if run.seed not in stage1_runs:
+            ref_run, _, ref_indices, ref_options = reference
+            others = [
+                f'train_cfg.stages.{i}.epochs=0'
+                for name, i in ref_indices.items() if name != 'representation'
+            ]
+            stage1_runs[run.seed] = Run(
+                config=ref_run.config, seed=run.seed, label=label,
+                options=ref_options, pinned_options=others,
+                seed_keys=list(run.seed_keys),
+                work_dir=osp.join(work_root, STAGE1_FOLDER,
+                                  f'seed{run.seed}'))
+        stage1 = stage1_runs[run.seed]
+        index = indices['representation']
+        epochs = cfg['train_cfg']['stages'][index]['epochs']
+        checkpoint = osp.join(stage1.work_dir, f'epoch_{epochs}.pth')
+        run.pinned_options = [
+            f'load_from={checkpoint}', f'train_cfg.stages.{index}.epochs=0'
+        ]
+        run.after = stage1
+    if reference is None:
+        raise ValueError('--share-stage1: no config runs the GALD-DC loop '
+                         "(train_cfg.type='GALDDCTrainLoop') with a "
+                         'representation stage; nothing to share.')
+    return list(stage1_runs.values())
+
+
+def logit_adjust_command(run: Run,
+                         python: str = sys.executable,
+                         script: Optional[str] = None) -> List[str]:
+    """The ``tools/analysis/logit_adjust.py`` command of a run."""
+    script = script or _tool(osp.join('analysis', 'logit_adjust.py'))
+    return [python, script, run.work_dir]
+
+
+def read_logit_adjusted(work_dir: str) -> Optional[Dict]:
+    """Test metrics at the tau chosen on val; None before the sweep."""
+    path = osp.join(work_dir, LA_FILE)
+    if not osp.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        return json.load(f).get('test')
+
+
 def _tool(name: str) -> str:
     """``tools/<name>``, relative when run from the repository root."""
     path = osp.join(REPO_ROOT, 'tools', name)
@@ -235,12 +431,14 @@ def train_command(run: Run,
     """The ``tools/train.py`` command of a run.
 
     The seed comes first among the options, so a variant or a common
-    option may still override ``randomness``.
+    option may still override ``randomness``; the run's pinned options
+    (``--share-stage1``) come last.
     """
     script = script or _tool('train.py')
     return [
         python, script, run.config, '--work-dir', run.work_dir,
-        '--cfg-options', *run.seed_options, *run.options, *extra_options
+        '--cfg-options', *run.seed_options, *run.options, *extra_options,
+        *run.pinned_options
     ]
 
 
@@ -257,7 +455,8 @@ def test_command(run: Run,
     script = script or _tool('test.py')
     return [
         python, script, run.config, checkpoint, '--work-dir', run.work_dir,
-        '--cfg-options', *run.seed_options, *run.options, *extra_options
+        '--cfg-options', *run.seed_options, *run.options, *extra_options,
+        *run.pinned_options
     ]
 
 
@@ -540,10 +739,24 @@ def parse_args(argv=None):
     parser.add_argument(
         '--seed-keys', nargs='+', default=[], metavar='KEY',
         help='config keys also set to the seed, e.g. the data set\'s seed')
+    parser.add_argument(
+        '--share-stage1', action='store_true',
+        help='train stage 1 once per seed (ROOT/stage1/seed<S>) and start '
+        'every GALD-DC-loop row from it (load_from, stage 1 at 0 epochs)')
+    parser.add_argument(
+        '--stage1-label', default='CE (stage 1)',
+        help='row name of the shared stage-1 runs (default: "CE (stage 1)")')
+    parser.add_argument(
+        '--logit-adjust', nargs='+', default=[], metavar='LABEL',
+        help='add a row "LABEL + LA" for these rows: post-hoc logit '
+        'adjustment, tau chosen on val, reported on test')
+    parser.add_argument(
+        '--jobs', type=int, default=1,
+        help='subprocesses at a time (default: 1)')
     return parser.parse_args(argv)
 
 
-def _ensure_test(run: Run, args, failures: list) -> bool:
+def _ensure_test(run: Run, args, failures: list, say) -> bool:
     """Test the last checkpoint of a run that reported no test metrics.
 
     Returns:
@@ -556,19 +769,87 @@ def _ensure_test(run: Run, args, failures: list) -> bool:
         checkpoint = WorkDir(run.work_dir).checkpoint('last')
     except FileNotFoundError as e:
         failures.append((run, 'test', str(e), None))
-        print(f'  FAILED to find a checkpoint to test: {e}')
+        say(f'  FAILED to find a checkpoint to test: {e}')
         return False
     cmd = test_command(run, checkpoint, args.cfg_options, args.python)
     log = osp.join(run.work_dir, TEST_LOG)
-    print(f'  no test metrics: testing {checkpoint}')
+    say(f'  no test metrics: testing {checkpoint}')
     code = _execute(cmd, log)
     if code != 0 or not read_final_metrics(run.work_dir, 'test'):
         why = f'exit code {code}' + ('' if code else ', no test metrics')
         failures.append((run, 'test', why, log))
-        print(f'  FAILED test ({why}); log: {log}\n'
-              f'{_tail(log)}')
+        say(f'  FAILED test ({why}); log: {log}\n{_tail(log)}')
         return False
     return True
+
+
+def _train_and_test(run: Run, args, failures: list, say) -> bool:
+    """Train a run (unless reused) and make sure it has test metrics."""
+    if args.skip_existing and is_finished(run.work_dir):
+        say('  finished before, skipped')
+    else:
+        cmd = train_command(run, args.cfg_options, args.python)
+        log = osp.join(run.work_dir, TRAIN_LOG)
+        say(f'  {shlex.join(cmd)}')
+        code = _execute(cmd, log)
+        if code != 0:
+            failures.append((run, 'train', f'exit code {code}', log))
+            say(f'  FAILED (exit code {code}); log: {log}\n{_tail(log)}')
+            return False
+    return _ensure_test(run, args, failures, say)
+
+
+def _logit_adjust(run: Run, args, failures: list, say) -> bool:
+    """Sweep tau for a run's final model (unless swept before)."""
+    if args.skip_existing and read_logit_adjusted(run.work_dir):
+        say('  logit adjustment: swept before, skipped')
+        return True
+    cmd = logit_adjust_command(run, args.python)
+    log = osp.join(run.work_dir, LA_LOG)
+    say(f'  {shlex.join(cmd)}')
+    code = _execute(cmd, log)
+    if code != 0 or not read_logit_adjusted(run.work_dir):
+        why = f'exit code {code}' + ('' if code else ', no test metrics')
+        failures.append((run, 'logit adjustment', why, log))
+        say(f'  FAILED logit adjustment ({why}); log: {log}\n{_tail(log)}')
+        return False
+    return True
+
+
+def _run_phase(tasks, args, failures: list, failed: set,
+               stop: threading.Event) -> None:
+    """Run ``(run, what, work)`` tasks, ``args.jobs`` at a time.
+
+    A task whose ``run.after`` failed is not run. Each task's messages are
+    printed together when it ends.
+    """
+    lock = threading.Lock()
+    total = len(tasks)
+
+    def one(k, run, what, work):
+        lines = [f'[{k}/{total}] {what}: {run.row} seed {run.seed} -> '
+                 f'{run.work_dir}']
+        if stop.is_set():
+            return
+        if run.after is not None and run.after.work_dir in failed:
+            ok = False
+            lines.append('  not run: its stage-1 run failed')
+            failures.append((run, what, 'stage 1 failed', None))
+        else:
+            ok = work(run, args, failures, lines.append)
+        with lock:
+            print('\n'.join(lines), flush=True)
+            if not ok:
+                failed.add(run.work_dir)
+                if args.fail_fast:
+                    stop.set()
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [
+            pool.submit(one, k, *task) for k, task in enumerate(tasks, 1)
+        ]
+        for future in futures:
+            future.result()
 
 
 def main(argv=None) -> int:
@@ -576,9 +857,25 @@ def main(argv=None) -> int:
     missing = [c for c in args.configs if not osp.isfile(c)]
     if missing:
         raise FileNotFoundError(f'Config(s) not found: {missing}.')
+    if args.jobs < 1:
+        raise ValueError(f'--jobs must be >= 1, got {args.jobs}.')
+    if args.logit_adjust and args.split != 'test':
+        raise ValueError('--logit-adjust rows are test metrics (tau is '
+                         'chosen on val); use it with --split test.')
     variants = [parse_variant(v) for v in args.variant]
     runs = plan_runs(args.configs, args.seeds, args.work_root, variants,
                      args.variants_only, args.labels, args.seed_keys)
+    stage1_runs = []
+    if args.share_stage1:
+        stage1_runs = share_stage1(runs, args.work_root, args.stage1_label,
+                                   args.cfg_options)
+        runs = stage1_runs + runs
+    rows_of_runs = {run.row for run in runs}
+    unknown = [r for r in args.logit_adjust if r not in rows_of_runs]
+    if unknown:
+        raise ValueError(f'--logit-adjust names rows {unknown} that the plan '
+                         f'does not have; rows: {sorted(rows_of_runs)}.')
+    la_runs = [run for run in runs if run.row in args.logit_adjust]
 
     if args.dry_run:
         for run in runs:
@@ -590,46 +887,45 @@ def main(argv=None) -> int:
                 print('#   if it reports no test metrics: ' + shlex.join(
                     test_command(run, '<last checkpoint>', args.cfg_options,
                                  args.python)))
+        for run in la_runs:
+            print('# logit adjustment: ' +
+                  shlex.join(logit_adjust_command(run, args.python)))
         return 0
 
     failures = []
     failed_runs = set()
     if not args.collect_only:
-        for k, run in enumerate(runs, 1):
-            print(f'[{k}/{len(runs)}] {run.row} seed {run.seed} -> '
-                  f'{run.work_dir}')
-            if args.skip_existing and is_finished(run.work_dir):
-                print('  finished before, skipped')
-            else:
-                cmd = train_command(run, args.cfg_options, args.python)
-                log = osp.join(run.work_dir, TRAIN_LOG)
-                print(f'  {shlex.join(cmd)}')
-                code = _execute(cmd, log)
-                if code != 0:
-                    failures.append((run, 'train', f'exit code {code}', log))
-                    failed_runs.add(run.work_dir)
-                    print(f'  FAILED (exit code {code}); log: {log}\n'
-                          f'{_tail(log)}')
-                    if args.fail_fast:
-                        break
-                    continue
-            if not _ensure_test(run, args, failures):
-                failed_runs.add(run.work_dir)
-                if args.fail_fast:
-                    break
+        stop = threading.Event()
+        first = set(id(run) for run in stage1_runs)
+        for phase in (stage1_runs, [r for r in runs if id(r) not in first]):
+            _run_phase([(run, 'train', _train_and_test) for run in phase],
+                       args, failures, failed_runs, stop)
+        _run_phase([(run, 'logit adjustment', _logit_adjust)
+                    for run in la_runs if run.work_dir not in failed_runs],
+                   args, failures, failed_runs, stop)
 
     results: Dict[str, List[Optional[Dict]]] = {}
     sources: Dict[str, List[str]] = {}
+
+    def add(row, work_dir, metrics):
+        results.setdefault(row, []).append(metrics)
+        if metrics:
+            sources.setdefault(row, []).append(work_dir)
+        elif work_dir not in failed_runs:
+            print(f'no {args.split} metrics in {work_dir}'
+                  + (' (logit adjustment)' if row.endswith(LA_SUFFIX)
+                     else ''))
+
     for run in runs:
         # A run that failed now may have an older final_metrics.json in the
         # same work dir: never count it.
-        metrics = (None if run.work_dir in failed_runs else
-                   read_final_metrics(run.work_dir, args.split))
-        results.setdefault(run.row, []).append(metrics)
-        if metrics:
-            sources.setdefault(run.row, []).append(run.work_dir)
-        elif run.work_dir not in failed_runs:
-            print(f'no {args.split} metrics in {run.work_dir}')
+        add(run.row, run.work_dir,
+            None if run.work_dir in failed_runs else read_final_metrics(
+                run.work_dir, args.split))
+    for run in la_runs:
+        add(run.row + LA_SUFFIX, run.work_dir,
+            None if run.work_dir in failed_runs else
+            read_logit_adjusted(run.work_dir))
     rows = aggregate(results)
     table = format_table(rows, args.split)
     paired = []

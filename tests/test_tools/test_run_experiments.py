@@ -15,6 +15,7 @@ import sys
 import tempfile
 from unittest import TestCase
 
+import torch
 from conftest import DIGITS_CONFIG, REPO_ROOT, load_tool
 
 rx = load_tool('run_experiments')
@@ -324,3 +325,125 @@ class TestRunner(TestCase):
         ])
         self.assertEqual(code, 0, out)
         self.assertIn('finished before, skipped', out)
+
+
+STABLE_CONFIG = osp.join(REPO_ROOT, 'configs', 'galddc', 'ablations',
+                         'r20_digitslt_stable.py')
+CRT_CONFIG = osp.join(REPO_ROOT, 'configs', 'galddc', 'ablations',
+                      'r20_digitslt_crt.py')
+# A tiny hybrid GALD-DC run: 2 + 1 + 2 epochs; a tiny stage 2 samples poor
+# latents, so the generation gate only warns.
+TINY = [
+    'train_cfg.stages.0.epochs=2', 'train_cfg.stages.1.epochs=1',
+    'train_cfg.stages.1.repeat=2', 'train_cfg.stages.2.epochs=2',
+    'custom_hooks.0.gate=warn'
+]
+
+
+class TestSharedStage1(TestCase):
+    """``--share-stage1``: one stage 1 per seed, rows start from it."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.root = self._tmp.name
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def test_plan(self):
+        runs = rx.plan_runs([DIGITS_CONFIG, CRT_CONFIG, GALDDC_CONFIG],
+                            [0, 1], self.root)
+        stage1 = rx.share_stage1(runs, self.root, 'CE')
+        # One stage-1 run per seed, by the first GALD-DC-loop config (cRT)
+        # with its other stages at 0 epochs.
+        self.assertEqual([(r.seed, r.label, r.config) for r in stage1],
+                         [(0, 'CE', CRT_CONFIG), (1, 'CE', CRT_CONFIG)])
+        self.assertEqual(stage1[1].work_dir,
+                         osp.join(self.root, 'stage1', 'seed1'))
+        self.assertEqual(stage1[1].pinned_options, [
+            'train_cfg.stages.1.epochs=0', 'train_cfg.stages.2.epochs=0'
+        ])
+        # After the common options, which cannot undo them.
+        command = rx.train_command(stage1[1], ['train_cfg.stages.1.epochs=1'])
+        self.assertEqual(command[-3:], [
+            'train_cfg.stages.1.epochs=1', 'train_cfg.stages.1.epochs=0',
+            'train_cfg.stages.2.epochs=0'
+        ])
+        # The plain MMPretrain config runs as before; the GALD-DC-loop rows
+        # load the stage-1 run of their seed and skip stage 1.
+        ce, crt, galddc = runs[0], runs[2], runs[5]
+        self.assertIsNone(ce.after)
+        self.assertEqual(ce.options + ce.pinned_options, [])
+        self.assertIs(crt.after, stage1[0])
+        self.assertIs(galddc.after, stage1[1])
+        ckpt = osp.join(self.root, 'stage1', 'seed1', 'epoch_60.pth')
+        self.assertEqual(galddc.pinned_options,
+                         [f'load_from={ckpt}', 'train_cfg.stages.0.epochs=0'])
+        # Another stage-1 recipe cannot share it; the key is named.
+        runs = rx.plan_runs([GALDDC_CONFIG], [0], self.root,
+                            variants=[('v', ['model.head.loss.type=Focal'])])
+        with self.assertRaisesRegex(ValueError, 'model.head differs'):
+            rx.share_stage1(runs, self.root, 'CE')
+        with self.assertRaisesRegex(ValueError, 'nothing to share'):
+            rx.share_stage1(rx.plan_runs([DIGITS_CONFIG], [0], self.root),
+                            self.root, 'CE')
+
+    def test_collect_logit_adjusted_rows(self):
+        fake_run(osp.join(self.root, 'ce_digits_lt', 'seed0'),
+                 dict(test={'accuracy/top1': 70.0}))
+        with open(osp.join(self.root, 'ce_digits_lt', 'seed0',
+                           rx.LA_FILE), 'w') as f:
+            json.dump(dict(chosen_tau=1.0, test={'accuracy/top1': 74.5}), f)
+        code, out = call_main([
+            DIGITS_CONFIG, '--seeds', '0', '--work-root', self.root,
+            '--collect-only', '--labels', 'CE', '--logit-adjust', 'CE',
+            '--paired-against', 'CE'
+        ])
+        self.assertEqual(code, 0, out)
+        self.assertIn('| CE + LA | 1 | 74.50 | - | - | - |', out)
+        self.assertIn('| CE + LA | +4.50 (1/1) |', out)
+        with self.assertRaisesRegex(ValueError, 'does not have'):
+            rx.main([DIGITS_CONFIG, '--logit-adjust', 'LDMLR',
+                     '--dry-run'])
+
+    def test_shared_stage1_equals_the_whole_run(self):
+        """A row started from the shared stage 1 is the row run whole.
+
+        On the CPU (deterministic kernels) bit for bit: the loop keys every
+        random stream by stage and starts each stage's optimisers afresh,
+        so skipping stage 1 and loading its checkpoint changes nothing.
+        """
+        code, out = call_main([
+            GALDDC_CONFIG, STABLE_CONFIG, '--seeds', '0', '--work-root',
+            self.root, '--share-stage1', '--stage1-label', 'CE',
+            '--logit-adjust', 'CE', '--jobs', '2', '--cfg-options', *TINY
+        ])
+        self.assertEqual(code, 0, out)
+        from galddc_mm.utils import WorkDir
+        whole = osp.join(self.root, 'whole')
+        code = rx._execute(
+            rx.train_command(
+                rx.Run(config=GALDDC_CONFIG, seed=0, work_dir=whole), TINY),
+            osp.join(whole, 'train.log'))
+        self.assertEqual(code, 0)
+        shared = osp.join(self.root, 'r20_digitslt', 'seed0')
+        # 2 + 1 + 2 epochs whole; 1 + 2 after the shared stage 1.
+        whole_state = torch.load(
+            osp.join(whole, 'epoch_5.pth'), map_location='cpu',
+            weights_only=False)['state_dict']
+        shared_state = torch.load(
+            osp.join(shared, 'epoch_3.pth'), map_location='cpu',
+            weights_only=False)['state_dict']
+        self.assertEqual(set(whole_state), set(shared_state))
+        for key, value in whole_state.items():
+            self.assertTrue(torch.equal(value, shared_state[key]), key)
+        self.assertEqual(
+            WorkDir(whole).final_metrics('test'),
+            WorkDir(shared).final_metrics('test'))
+        # The stage-1 runs are the CE row, with its logit-adjusted row.
+        stage1 = osp.join(self.root, 'stage1', 'seed0')
+        ce = rx.read_final_metrics(stage1, 'test')['accuracy/top1']
+        self.assertIn(f'| CE | 1 | {ce:.2f} |', out)
+        la = rx.read_logit_adjusted(stage1)['accuracy/top1']
+        self.assertIn(f'| CE + LA | 1 | {la:.2f} |', out)
+        self.assertIn('| r20_digitslt_stable | 1 |', out)
