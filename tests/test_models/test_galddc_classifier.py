@@ -523,3 +523,47 @@ class TestRealOnlyFinetuneAndHeadReinit(TestCase):
         self.assertTrue(torch.equal(model.head.fc.weight, weight))
         model.reinit_head(seed=8)
         self.assertFalse(torch.equal(model.head.fc.weight, weight))
+
+
+class TestChannelsLast(TestCase):
+    """``channels_last=True``: another memory layout, the same numbers."""
+
+    def _step(self, model, stage, mode=None):
+        model.set_stage(stage, mode)
+        model.train()
+        wrappers = OptimWrapperDict(**{
+            part: OptimWrapper(torch.optim.SGD(
+                [p for m in modules.values() for p in m.parameters()],
+                lr=0.1, momentum=0.9))
+            for part, modules in model.part_modules().items()
+        })
+        inputs, _, samples = _batch()
+        torch.manual_seed(5)  # the same pseudo-latent draws for both
+        return model.train_step(
+            dict(inputs=list(inputs), data_samples=samples), wrappers)
+
+    def test_same_numbers_in_both_layouts(self):
+        plain = _build()
+        last = _build(channels_last=True)
+        conv = last.backbone.conv1.weight
+        self.assertTrue(conv.is_contiguous(memory_format=torch.channels_last))
+        self.assertFalse(conv.is_contiguous())
+        frozen = last.frozen_encoder['backbone'].conv1.weight
+        self.assertTrue(
+            frozen.is_contiguous(memory_format=torch.channels_last))
+        # A checkpoint of the plain model loads into the layout.
+        last.load_state_dict(plain.state_dict())
+        self.assertTrue(last.backbone.conv1.weight.is_contiguous(
+            memory_format=torch.channels_last))
+        for model in (plain, last):
+            _init_geometry(model)
+        for stage, mode in (('representation', None), ('finetune',
+                                                        'hybrid')):
+            logs = [self._step(m, stage, mode) for m in (plain, last)]
+            for key, value in logs[0].items():
+                torch.testing.assert_close(logs[1][key], value, rtol=1e-4,
+                                           atol=1e-5, msg=key)
+        for key, value in plain.state_dict().items():
+            torch.testing.assert_close(
+                last.state_dict()[key], value, rtol=1e-4, atol=1e-5,
+                msg=key)

@@ -6,6 +6,8 @@
 _base_ = ['../galddc_default.py']
 
 model = dict(
+    # GPU recipe: channels-last weights and batches (cuDNN's fast kernels).
+    channels_last=True,
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
     # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
     # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).

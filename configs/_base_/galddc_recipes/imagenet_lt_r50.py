@@ -9,6 +9,8 @@
 _base_ = ['../galddc_default.py']
 
 model = dict(
+    # GPU recipe: channels-last weights and batches (cuDNN's fast kernels).
+    channels_last=True,
     backbone=dict(
         type='ResNet', depth=50, num_stages=4, out_indices=(3, ),
         style='pytorch'),

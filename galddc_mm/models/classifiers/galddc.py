@@ -107,6 +107,11 @@ class GALDDCClassifier(ImageClassifier):
             seed's per-step sampling).
         pseudo_bank_chunk (int): Latents per sampler call when filling the
             bank. Defaults to 8192.
+        channels_last (bool): Keep the encoder's (and E^(0)'s) 4-D weights
+            and the image batches in the channels-last layout, the layout
+            cuDNN's fast convolution kernels (bf16/fp16 tensor cores) want.
+            Same numbers up to float rounding; on by default in the GPU
+            recipes. Defaults to False.
         pretrained, train_cfg, data_preprocessor, init_cfg: As
             :class:`mmpretrain.models.ImageClassifier`.
     """
@@ -125,6 +130,7 @@ class GALDDCClassifier(ImageClassifier):
                  pseudo_sampling: Optional[dict] = None,
                  pseudo_bank: bool = False,
                  pseudo_bank_chunk: int = 8192,
+                 channels_last: bool = False,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -204,6 +210,8 @@ class GALDDCClassifier(ImageClassifier):
                 backbone=copy.deepcopy(self.backbone),
                 neck=copy.deepcopy(self.neck)))
         self.frozen_encoder.requires_grad_(False)
+        self.channels_last = bool(channels_last)
+        self._apply_layout()
 
         self.stage = REPRESENTATION
         self.finetune_mode = None
@@ -228,6 +236,27 @@ class GALDDCClassifier(ImageClassifier):
         super().init_weights()
         # Whatever init_cfg did, the frozen copy starts equal to E.
         self.freeze_encoder_copy()
+        self._apply_layout()
+
+    def _apply_layout(self) -> None:
+        """Channels-last 4-D weights of E and E^(0) (``channels_last``).
+
+        Later ``.to(device)`` calls and checkpoint loads keep the layout
+        (both preserve the destination's memory format).
+        """
+        if self.channels_last:
+            for module in (self.backbone, self.neck, self.frozen_encoder):
+                module.to(memory_format=torch.channels_last)
+
+    def _layout(self, inputs: torch.Tensor) -> torch.Tensor:
+        """An image batch in the encoder's layout."""
+        if self.channels_last and inputs.dim() == 4:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def extract_feat(self, inputs: torch.Tensor, stage: str = 'neck'):
+        """As upstream, with the batch in the encoder's layout."""
+        return super().extract_feat(self._layout(inputs), stage=stage)
 
     # ------------------------------------------------------------------
     # stages and parts
@@ -339,6 +368,7 @@ class GALDDCClassifier(ImageClassifier):
     # ------------------------------------------------------------------
     def _encode(self, inputs: torch.Tensor, trainable: bool) -> torch.Tensor:
         """E(x) as a (B, D) tensor; frozen parts bypass their DDP wrapper."""
+        inputs = self._layout(inputs)
         if trainable:
             feats = self.neck(self.backbone(inputs))
         else:
@@ -350,6 +380,7 @@ class GALDDCClassifier(ImageClassifier):
     @torch.no_grad()
     def encode_frozen(self, inputs: torch.Tensor) -> torch.Tensor:
         """E^(0)(x), the frozen anchor's latent, as a (B, D) tensor."""
+        inputs = self._layout(inputs)
         feats = self.frozen_encoder['neck'](
             self.frozen_encoder['backbone'](inputs))
         return feats[-1] if isinstance(feats, (tuple, list)) else feats
