@@ -14,12 +14,18 @@ from .long_tail import (
 )
 from .places_lt import PlacesLT
 from .synthetic_lt import SyntheticLT
-from .transforms import CheckedLoadImageFromFile, UnreadableImageError
+from .transforms import (
+    CheckedLoadImageFromFile,
+    LoadImageBytes,
+    PackImageBytes,
+    UnreadableImageError,
+)
 
 __all__ = [
     'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'CheckedLoadImageFromFile',
     'DigitsLT', 'GaussianLatentLT', 'INat2018', 'ImageNetLT',
-    'LongTailListDataset', 'LongTailMixin', 'PlacesLT', 'SyntheticLT',
+    'LoadImageBytes', 'LongTailListDataset', 'LongTailMixin',
+    'PackImageBytes', 'PlacesLT', 'SyntheticLT',
     'class_bands', 'head_tail_masks', 'ldam_long_tail_select',
     'long_tail_counts', 'parse_list_file', 'UnreadableImageError'
 ]

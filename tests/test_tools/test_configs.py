@@ -53,6 +53,14 @@ def _shrink_pipeline(pipeline):
             transform[key] = value
 
 
+def _shrink_preprocessor(preprocessor):
+    # The GPU-decode configs crop and resize in the data preprocessor.
+    if preprocessor and preprocessor.get('type') == \
+            'GPUDecodeClsDataPreprocessor':
+        preprocessor.update(crop_size=TINY_SIZES['CenterCrop'][1],
+                            eval_resize_edge=TINY_SIZES['ResizeEdge'][1])
+
+
 def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
     """Tiny data, batches, stages and image sizes; same components."""
     cfg.work_dir = work_dir
@@ -83,6 +91,7 @@ def _shrink(cfg: Config, data_roots: dict, work_dir: str) -> Config:
         elif dataset_type in LIST_KINDS:
             dataset.data_root = data_roots[LIST_KINDS[dataset_type]]
         _shrink_pipeline(dataset.pipeline)
+    _shrink_preprocessor(cfg.get('data_preprocessor'))
     # No single-image last batch (BatchNorm refuses it in training).
     cfg.train_dataloader.drop_last = True
     backbone = cfg.model.backbone

@@ -1,0 +1,10 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+from .gpu_decode import (
+    GPUDecodeClsDataPreprocessor,
+    center_resize_box,
+    sample_crop_boxes,
+)
+
+__all__ = [
+    'GPUDecodeClsDataPreprocessor', 'center_resize_box', 'sample_crop_boxes'
+]
