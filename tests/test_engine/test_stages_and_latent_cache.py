@@ -13,6 +13,7 @@ import galddc_mm  # noqa: F401
 from galddc_mm.engine.loops.latent_cache import (
     LatentCache,
     LatentLoader,
+    extract_dataloader_cfg,
     gather_latents,
 )
 from galddc_mm.engine.loops.stage import (
@@ -175,6 +176,30 @@ class TestLatentCache(TestCase):
         self.assertEqual(cache.indices.tolist(), [0, 1, 2])
         self.assertEqual(cache.labels.tolist(), [3, 4, 5])
         self.assertEqual(cache.latents.flatten().tolist(), [0., 1., 2.])
+
+
+class TestExtractionLoaderConfig(TestCase):
+
+    def test_eval_pipeline_and_its_collate(self):
+        train = dict(
+            batch_size=8, collate_fn=dict(type='pseudo_collate'),
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            persistent_workers=True, drop_last=True,
+            dataset=dict(type='X', pipeline=[dict(type='LoadImageBytes')]))
+        val = dict(collate_fn=dict(type='default_collate'),
+                   dataset=dict(pipeline=[dict(type='LoadImageFromFile')]))
+        cfg = extract_dataloader_cfg(train, val)
+        self.assertEqual(cfg['dataset']['pipeline'],
+                         [dict(type='LoadImageFromFile')])
+        # The byte pipeline's pseudo_collate does not follow the decoded
+        # images of the val pipeline.
+        self.assertEqual(cfg['collate_fn'], dict(type='default_collate'))
+        self.assertEqual(cfg['sampler'],
+                         dict(type='DefaultSampler', shuffle=False))
+        self.assertFalse(cfg['drop_last'] or cfg['persistent_workers'])
+        self.assertEqual(train['collate_fn'], dict(type='pseudo_collate'))
+        val.pop('collate_fn')
+        self.assertNotIn('collate_fn', extract_dataloader_cfg(train, val))
 
 
 class TestLatentLoader(TestCase):

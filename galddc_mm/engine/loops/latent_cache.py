@@ -35,8 +35,10 @@ def extract_dataloader_cfg(train_cfg: dict, eval_cfg: dict) -> dict:
     """The dataloader config of the extraction: every training sample once.
 
     The training set with the evaluation pipeline (no augmentation: D_z
-    describes the data, not its augmentations), not shuffled, no dropped
-    last batch, no persistent workers (it runs once per stage entry).
+    describes the data, not its augmentations) and the evaluation loader's
+    collate function (the one that fits that pipeline's output), not
+    shuffled, no dropped last batch, no persistent workers (it runs once
+    per stage entry).
 
     Args:
         train_cfg (dict): ``train_dataloader`` of the config.
@@ -54,6 +56,10 @@ def extract_dataloader_cfg(train_cfg: dict, eval_cfg: dict) -> dict:
     cfg = copy.deepcopy(dict(train_cfg))
     cfg['dataset'] = dict(cfg['dataset'])
     cfg['dataset']['pipeline'] = copy.deepcopy(eval_cfg['dataset']['pipeline'])
+    if 'collate_fn' in eval_cfg:
+        cfg['collate_fn'] = copy.deepcopy(eval_cfg['collate_fn'])
+    else:
+        cfg.pop('collate_fn', None)
     cfg['sampler'] = dict(type='DefaultSampler', shuffle=False)
     cfg.pop('batch_sampler', None)
     cfg['persistent_workers'] = False
