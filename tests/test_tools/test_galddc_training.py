@@ -157,6 +157,21 @@ class TestStagedTraining:
                 torch.testing.assert_close(got[key], ref[key], msg=key)
         assert _test_metrics(work_dir) == _test_metrics(ref_dir)
 
+    def test_cuda_graph_step_falls_back_on_cpu(self, reference, tmp_path):
+        """``model.cuda_graph_step=True`` on CPU: said once, same run."""
+        ref_dir, _ = reference
+        work_dir = str(tmp_path / 'graph_step')
+        proc = _train(work_dir, options=['model.cuda_graph_step=True'])
+        log = proc.stdout + proc.stderr
+        assert log.count('model.cuda_graph_step: eager train step, because '
+                         'the batch is not on a CUDA device') == 1
+        assert 'captured as a CUDA graph' not in log
+        ref = _state(osp.join(ref_dir, 'epoch_6.pth'))
+        got = _state(osp.join(work_dir, 'epoch_6.pth'))
+        assert set(got) == set(ref)
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], msg=key)
+        assert _test_metrics(work_dir) == _test_metrics(ref_dir)
 
 
 class TestGenerationGate:

@@ -177,13 +177,18 @@ class BenchmarkContext:
                      variant=None):
         """GALDDCClassifier in ``stage`` with the constructor's wrappers.
 
-        ``variant='sf'`` swaps the head loss for ``LabelSmoothCELoss``,
-        ``variant='fused'`` gives the diffusion part a fused AdamW.
+        ``variant`` is ``'+'``-joined flags: ``sf`` swaps the head loss
+        for ``LabelSmoothCELoss``, ``fused`` gives the diffusion part a
+        fused AdamW, ``graphstep`` turns on ``model.cuda_graph_step``
+        (``bank``, the pseudo-latent bank, is filled by the benchmark).
         """
+        flags = set((variant or '').split('+'))
         cfg = self._model_cfg(self.galddc_cfg)
         if pseudo_sampling:
             cfg['pseudo_sampling'] = dict(pseudo_sampling)
-        if variant == 'sf':
+        if 'graphstep' in flags:
+            cfg['cuda_graph_step'] = True
+        if 'sf' in flags:
             eps = cfg['head']['loss'].get('label_smooth_val', 0.1)
             cfg['head']['loss'] = dict(
                 type='LabelSmoothCELoss', label_smooth_val=eps)
@@ -203,7 +208,7 @@ class BenchmarkContext:
         model.train()
         optim_cfg = copy.deepcopy(self.galddc_cfg.optim_wrapper.to_dict())
         optim_cfg.update(self._wrapper_cfg())
-        if variant == 'fused':
+        if 'fused' in flags:
             optim_cfg['diffusion']['optimizer']['fused'] = True
         return model, build_optim_wrapper(model, optim_cfg)
 

@@ -22,10 +22,15 @@ from .common import IMAGENET_LT_TRAIN
 from .timing import count_syncs, profile, time_loop
 
 # name: (stage, finetune mode, data kind, pseudo_sampling overrides,
-#        variant); stage None is the plain mmpretrain baseline. Variants:
+#        variant); stage None is the plain mmpretrain baseline. Variants
+# ('+'-joined flags):
 # 'ls': the baseline with the GALD-DC recipe's head loss (LabelSmoothLoss);
 # 'sf': the head loss replaced by the sync-free LabelSmoothCELoss;
-# 'fused': the diffusion part's AdamW with fused=True.
+# 'fused': the diffusion part's AdamW with fused=True;
+# 'bank': stage 3 takes its pseudo-latents from a bank drawn before the
+#         timed steps (model.pseudo_bank, as the recipes train), the bank's
+#         time reported per step;
+# 'graphstep': model.cuda_graph_step=True (cached-latent stages).
 TRAIN_BENCHES = {
     'baseline': (None, None, 'images', None, None),
     'baseline_ls': (None, None, 'images', None, 'ls'),
@@ -33,18 +38,27 @@ TRAIN_BENCHES = {
     'stage1_sf': ('representation', None, 'images', None, 'sf'),
     'stage2_cached': ('diffusion', None, 'latents', None, None),
     'stage2_cached_fused': ('diffusion', None, 'latents', None, 'fused'),
+    'stage2_cached_fused_graphstep': ('diffusion', None, 'latents', None,
+                                      'fused+graphstep'),
     'stage2_images': ('diffusion', None, 'images', None, None),
     'stage3_stable_cached': ('finetune', 'stable', 'latents', None, None),
     'stage3_stable_cached_graph': ('finetune', 'stable', 'latents',
                                    dict(cuda_graph=True), None),
     'stage3_stable_cached_graph_sf': ('finetune', 'stable', 'latents',
                                       dict(cuda_graph=True), 'sf'),
+    'stage3_stable_cached_bank_sf': ('finetune', 'stable', 'latents', None,
+                                     'sf+bank'),
+    'stage3_stable_cached_bank_graphstep_sf': ('finetune', 'stable',
+                                               'latents', None,
+                                               'sf+bank+graphstep'),
     'stage3_stable_images': ('finetune', 'stable', 'images', None, None),
     'stage3_hybrid': ('finetune', 'hybrid', 'images', None, None),
     'stage3_hybrid_graph': ('finetune', 'hybrid', 'images',
                             dict(cuda_graph=True), None),
     'stage3_hybrid_graph_sf': ('finetune', 'hybrid', 'images',
                                dict(cuda_graph=True), 'sf'),
+    'stage3_hybrid_bank_sf': ('finetune', 'hybrid', 'images', None,
+                              'sf+bank'),
 }
 
 
@@ -65,6 +79,19 @@ def bench_train(ctx, name, warmup=None, iters=None, suffix=''):
         get_batch = ctx.image_batches(warmup + iters + extra)
     else:
         get_batch = ctx.latent_batch()
+    bank = {}
+    if 'bank' in (variant or '').split('+'):
+        # What the loop does at an epoch start (outside autocast, as
+        # there), for every step timed here.
+        num_steps = warmup + iters + extra
+        ctx.sync()
+        start = time.perf_counter()
+        internals.unwrap(model).prepare_pseudo_bank(
+            num_steps, ctx.batch_size, seed=0)
+        ctx.sync()
+        bank_s = time.perf_counter() - start
+        bank = dict(bank_fill_ms=bank_s * 1e3, bank_steps=num_steps,
+                    bank_ms_per_step=bank_s * 1e3 / num_steps)
 
     def step(batch):
         internals.train_iteration(model, batch, optim)
@@ -83,7 +110,8 @@ def bench_train(ctx, name, warmup=None, iters=None, suffix=''):
         sync_sites=sites,
         world_size=ctx.world_size,
         amp=ctx.amp,
-        channels_last=ctx.channels_last)
+        channels_last=ctx.channels_last,
+        **bank)
     if args.dataset and kind == 'images':
         row['data_wait_ms'] = wait * 1e3
     if stage in ('diffusion', 'finetune'):

@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 import copy
+import functools
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from mmpretrain.utils import get_ori_model
 
+from .graphed_step import GraphedTrainStep
 from .stages import (
     DIFFUSION,
     FINETUNE,
@@ -112,6 +114,18 @@ class GALDDCClassifier(ImageClassifier):
             cuDNN's fast convolution kernels (bf16/fp16 tensor cores) want.
             Same numbers up to float rounding; on by default in the GPU
             recipes. Defaults to False.
+        cuda_graph_step (bool): Replay the train step of the cached-latent
+            stages (diffusion, stable finetune) as one CUDA graph once its
+            setting is steady (:class:`GraphedTrainStep`): the inputs and
+            pseudo-latents are copied into static tensors, everything else
+            (forward, backward, optimiser steps) is one launch. Falls back
+            to the eager step, saying why once in the log, where a step
+            cannot be captured: CPU, distributed training, fp16 AMP (bf16
+            is fine), gradient accumulation or clipping, optimisers other
+            than SGD/Adam/AdamW. Under bf16 AMP the captured step does
+            without mmengine's loss scaler (scaling by a power of two
+            changes no bf16 value; a non-finite loss is still stopped by
+            :class:`NumericalGuardHook`). Defaults to False.
         pretrained, train_cfg, data_preprocessor, init_cfg: As
             :class:`mmpretrain.models.ImageClassifier`.
     """
@@ -131,6 +145,7 @@ class GALDDCClassifier(ImageClassifier):
                  pseudo_bank: bool = False,
                  pseudo_bank_chunk: int = 8192,
                  channels_last: bool = False,
+                 cuda_graph_step: bool = False,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
@@ -212,6 +227,8 @@ class GALDDCClassifier(ImageClassifier):
         self.frozen_encoder.requires_grad_(False)
         self.channels_last = bool(channels_last)
         self._apply_layout()
+        self._graphed_step = (GraphedTrainStep()
+                              if cuda_graph_step else None)
 
         self.stage = REPRESENTATION
         self.finetune_mode = None
@@ -291,6 +308,9 @@ class GALDDCClassifier(ImageClassifier):
         self.frozen_encoder.requires_grad_(False)
         # Re-apply train/eval so frozen parts keep their BN statistics.
         self.train(self.training)
+        if self._graphed_step is not None:
+            # Other parts, other optimiser state: capture afresh.
+            self._graphed_step.reset()
 
     def part_modules(self) -> Dict[str, Dict[str, nn.Module]]:
         """The modules behind each optimiser-wrapper name (part).
@@ -362,6 +382,8 @@ class GALDDCClassifier(ImageClassifier):
             # BaseModule initialises once; clearing the flag makes it
             # apply init_cfg again.
             head.init_weights()
+        if self._graphed_step is not None:
+            self._graphed_step.reset()
 
     # ------------------------------------------------------------------
     # latents, statistics and generation
@@ -482,13 +504,19 @@ class GALDDCClassifier(ImageClassifier):
             feats, self.encode_frozen(inputs))
         return losses
 
-    def loss_latents(self, latents: torch.Tensor,
-                     labels: torch.Tensor) -> dict:
-        """Losses of the current stage from cached latents E^(0)(x)."""
+    def loss_latents(self,
+                     latents: torch.Tensor,
+                     labels: torch.Tensor,
+                     pseudo: Optional[tuple] = None) -> dict:
+        """Losses of the current stage from cached latents E^(0)(x).
+
+        ``pseudo`` (stable finetune): the step's pseudo-latents and labels,
+        drawn by the caller (see :meth:`finetune_loss`).
+        """
         if self.stage == DIFFUSION:
             return self._diffusion_loss(latents, labels)
         if self.stage == FINETUNE and self.finetune_mode == STABLE:
-            return self.finetune_loss(latents, labels)
+            return self.finetune_loss(latents, labels, pseudo)
         raise RuntimeError(
             f'Cached latents cannot train stage {self.stage!r} '
             f'(mode {self.finetune_mode!r}): only the diffusion stage and '
@@ -587,14 +615,19 @@ class GALDDCClassifier(ImageClassifier):
         self._bank = (latents, labels, 0)
         return num
 
-    def finetune_loss(self, latents: torch.Tensor,
-                      labels: torch.Tensor) -> dict:
+    def finetune_loss(self,
+                      latents: torch.Tensor,
+                      labels: torch.Tensor,
+                      pseudo: Optional[tuple] = None) -> dict:
         """Stage 3: CE on real latents + gamma CE on fresh pseudo-latents.
 
         Real and pseudo latents go through G in ONE forward (one DDP call),
         the pseudo half detached so that it trains G only. Without
         pseudo-latents (``set_stage(..., pseudo_latents=False)``) only the
-        real term is computed.
+        real term is computed. ``pseudo`` gives the pseudo-latents and
+        labels of this step (the CUDA-graph step draws them outside the
+        graph); by default they are drawn here
+        (:meth:`sample_pseudo_latents`).
         """
         num_real = latents.size(0)
         head = get_ori_model(self.head)
@@ -602,9 +635,10 @@ class GALDDCClassifier(ImageClassifier):
             logits = self.head((latents, ))
             return dict(loss_cls=head.loss_module(
                 logits, labels, avg_factor=num_real))
-        num_pseudo = self.pseudo_batch_size or num_real
-        pseudo, pseudo_labels = self.sample_pseudo_latents(
-            num_pseudo, latents.device)
+        if pseudo is None:
+            pseudo = self.sample_pseudo_latents(
+                self.pseudo_batch_size or num_real, latents.device)
+        pseudo, pseudo_labels = pseudo
         feats = torch.cat([latents, pseudo.to(latents.dtype)])
         logits = self.head((feats, ))
         losses = dict(
@@ -637,15 +671,78 @@ class GALDDCClassifier(ImageClassifier):
         else:
             wrappers = [optim_wrapper]
 
+        latent_batch = isinstance(data, dict) and 'latents' in data
+        pseudo = None
+        if latent_batch and self._graphed_step is not None:
+            inputs = self._latent_step_inputs(data, wrappers)
+            outputs = self._graphed_step(
+                functools.partial(self._latent_step, wrappers=wrappers),
+                inputs, wrappers)
+            if outputs is not None:
+                log_vars, self._geometry_batch = outputs
+                return log_vars
+            if 'pseudo' in inputs:  # drawn already: the eager step uses them
+                pseudo = (inputs['pseudo'], inputs['pseudo_labels'])
         with wrappers[0].optim_context(self):
-            if isinstance(data, dict) and 'latents' in data:
-                losses = self.loss_latents(data['latents'], data['labels'])
+            if latent_batch:
+                losses = self.loss_latents(data['latents'], data['labels'],
+                                           pseudo)
             else:
                 data = self.data_preprocessor(data, True)
                 losses = self._run_forward(data, mode='loss')
         parsed, log_vars = self.parse_losses(losses)
         self._update_params(parsed, wrappers)
         return log_vars
+
+    def _latent_step_inputs(
+            self, data: dict,
+            wrappers: Sequence[OptimWrapper]) -> Dict[str, torch.Tensor]:
+        """The tensors of a cached-latent step (:meth:`_latent_step`).
+
+        In stable finetuning these include the step's pseudo-latents, drawn
+        (from the bank, or sampled) under the wrapper's autocast as the
+        eager step draws them.
+        """
+        inputs = dict(latents=data['latents'], labels=data['labels'])
+        if self.stage == FINETUNE and self.use_pseudo_latents:
+            latents = inputs['latents']
+            with wrappers[0].optim_context(self):
+                inputs['pseudo'], inputs['pseudo_labels'] = \
+                    self.sample_pseudo_latents(
+                        self.pseudo_batch_size or latents.size(0),
+                        latents.device)
+        return inputs
+
+    def _latent_step(self, inputs: Dict[str, torch.Tensor],
+                     wrappers: Sequence[OptimWrapper]) -> tuple:
+        """A whole cached-latent step from tensors, as a graph captures it.
+
+        The same arithmetic as the eager step with one wrapper per part and
+        no accumulation: gradients cleared, the losses under the wrapper's
+        autocast (without the weight-cast cache, which a graph cannot
+        keep), one backward, each optimiser's ``step``.
+
+        Returns:
+            tuple: ``(log_vars, geometry batch or None)``.
+        """
+        for wrapper in wrappers:
+            wrapper.optimizer.zero_grad(set_to_none=True)
+        dtype = getattr(wrappers[0], 'cast_dtype', None)
+        pseudo = None
+        if 'pseudo' in inputs:
+            pseudo = (inputs['pseudo'], inputs['pseudo_labels'])
+        with torch.autocast(
+                'cuda',
+                dtype=dtype or torch.float16,
+                enabled=dtype is not None,
+                cache_enabled=False):
+            losses = self.loss_latents(inputs['latents'], inputs['labels'],
+                                       pseudo)
+        parsed, log_vars = self.parse_losses(losses)
+        parsed.backward()
+        for wrapper in wrappers:
+            wrapper.optimizer.step()
+        return log_vars, self._geometry_batch
 
     @staticmethod
     def _update_params(loss: torch.Tensor,
