@@ -252,7 +252,7 @@ def main(argv=None):
             tiny=bool(args.tiny),
             data=args.dataset or 'synthetic in-memory tensors'),
         results=results,
-        targets=compute_targets(results, scaling),
+        targets=compute_targets(results, scaling, ctx.profiles),
         scaling=scaling,
         profiles=ctx.profiles)
     if ctx.rank == 0:

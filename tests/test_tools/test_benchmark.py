@@ -84,6 +84,8 @@ class TestBenchmarkTool(TestCase):
             'baseline', 'baseline_ls', 'stage1', 'stage1_sf', 'stage2_cached',
             'stage2_cached_fused', 'stage2_images', 'stage3_stable_cached',
             'stage3_stable_images', 'stage3_hybrid',
+            'stage2_cached_fused_graphstep', 'stage3_stable_cached_bank_sf',
+            'stage3_stable_cached_bank_graphstep_sf', 'stage3_hybrid_bank_sf',
             'baseline@none_nchw', 'baseline@none_channels_last',
             'preprocess@pageable', 'frozen_encoder@no_grad',
             'frozen_encoder@inference_mode', 'geometry@eager',
@@ -103,6 +105,11 @@ class TestBenchmarkTool(TestCase):
         # No CUDA-graph variants without CUDA.
         self.assertFalse([n for n in results if n.endswith('_graph')])
         self.assertIn('imagenet_lt_epoch_s', results['stage2_cached'])
+        # The bank's time, shared out over the steps it was drawn for.
+        bank = results['stage3_hybrid_bank_sf']
+        self.assertAlmostEqual(bank['bank_ms_per_step'],
+                               bank['bank_fill_ms'] / bank['bank_steps'])
+        self.assertEqual(bank['bank_steps'], 1 + 2 + 2)  # warm-up, timed, 2
         names = {t['name'] for t in result['targets']}
         self.assertIn('stage1 / baseline', names)
         self.assertIn('stage2_images / stage2_cached', names)
@@ -149,11 +156,33 @@ class TestBenchmarkTool(TestCase):
             'sampler_d64@ancestral_1000': dict(ms=400.0),
             'sampler_d64@ddim_25': dict(ms=10.0),
             'stage3_hybrid_graph': dict(error='RuntimeError: x'),
+            'stage3_hybrid_bank_sf': dict(ms=70.0, bank_ms_per_step=5.0),
+            'stage3_stable_cached_bank_sf': dict(ms=2.0,
+                                                 bank_ms_per_step=5.0),
+            'stage2_cached_fused_graphstep': dict(ms=3.6),
+        }
+        profiles = {
+            'stage2_cached_fused_graphstep': dict(gpu_kernel_ms_per_step=3.0)
         }
         targets = {
             t['name']: t
-            for t in tool.compute_targets(results, {'stage1 (2 GPUs)': 1.9})
+            for t in tool.compute_targets(results, {'stage1 (2 GPUs)': 1.9},
+                                          profiles)
         }
+        hybrid = 'stage3_hybrid_bank_sf'
+        stable = 'stage3_stable_cached_bank_sf'
+        self.assertAlmostEqual(targets[f'{hybrid} / baseline']['value'], 0.7)
+        self.assertAlmostEqual(
+            targets[f'{hybrid} (+bank) / baseline']['value'], 0.75)
+        self.assertAlmostEqual(targets[f'{hybrid} / {stable}']['value'], 35)
+        self.assertTrue(targets[f'{hybrid} / {stable}']['met'])
+        # With the bank's time on both sides: 75 / 7.
+        with_bank = targets[f'{hybrid} (+bank) / {stable} (+bank)']
+        self.assertAlmostEqual(with_bank['value'], 75 / 7)
+        self.assertFalse(with_bank['met'])
+        wall = targets['stage2_cached_fused_graphstep wall / kernels']
+        self.assertAlmostEqual(wall['value'], 1.2)
+        self.assertTrue(wall['met'])
         self.assertAlmostEqual(targets['stage1 / baseline']['value'], 1.02)
         self.assertTrue(targets['stage1 / baseline']['met'])
         self.assertAlmostEqual(targets['stage3_hybrid / baseline']['value'],
