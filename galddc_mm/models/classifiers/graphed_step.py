@@ -8,6 +8,7 @@ microseconds each; launching them from Python costs more than running them
 kernels). Captured once as a CUDA graph, a step is one launch.
 """
 import logging
+import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -52,7 +53,11 @@ class GraphedTrainStep:
     never captured).
 
     Where no step can be captured, :meth:`why_not` says why and the caller
-    runs its usual step.
+    runs its usual step. Two more reasons are found on the way, and turn
+    the graph off until the next :meth:`reset` (the next stage): a warm-up
+    step that synchronises with the host (checked with
+    ``torch.cuda.set_sync_debug_mode``; e.g. mmpretrain's
+    ``LabelSmoothLoss`` calls ``.item()``), and a capture that fails.
 
     Args:
         warmup (int): Eager steps of one setting before it is captured.
@@ -69,6 +74,7 @@ class GraphedTrainStep:
     def reset(self) -> None:
         """Drop the graph (a new stage, re-built optimiser state)."""
         self._graph = None  # (key, graph, static inputs, static outputs)
+        self._disabled = None  # why this stage's step cannot be captured
         self._streak_key = None
         self._streak = 0
         #: Steps replayed from the graph, and captures made (for logs and
@@ -115,13 +121,9 @@ class GraphedTrainStep:
             be captured (see :meth:`why_not`, logged once per reason): the
             caller then runs its usual step.
         """
-        reason = self.why_not(inputs, wrappers)
+        reason = self._disabled or self.why_not(inputs, wrappers)
         if reason is not None:
-            if reason not in self._warned:
-                self._warned.add(reason)
-                print_log(
-                    'model.cuda_graph_step: eager train step, because '
-                    f'{reason}.', logger='current')
+            self._say(reason)
             return None
         optimizers = [w.optimizer for w in wrappers]
         for optimizer in optimizers:
@@ -137,7 +139,13 @@ class GraphedTrainStep:
             if self._streak <= self.warmup:
                 outputs = self._eager_on_side_stream(step_fn, inputs)
             else:
-                self._capture(key, step_fn, inputs)
+                try:
+                    self._capture(key, step_fn, inputs)
+                except RuntimeError as exc:
+                    self._graph = None
+                    self._disabled = f'capturing the step failed ({exc})'
+                    self._say(self._disabled, logging.WARNING)
+                    return None
                 outputs = self._replay(inputs)
         for wrapper in wrappers:
             # What OptimWrapper.update_params counts (one backward each).
@@ -145,6 +153,14 @@ class GraphedTrainStep:
         return outputs
 
     # ------------------------------------------------------------------
+    def _say(self, reason: str, level: int = logging.INFO) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            print_log(
+                f'model.cuda_graph_step: eager train step, because {reason}.',
+                logger='current',
+                level=level)
+
     @staticmethod
     def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
         if 'capturable' not in optimizer.defaults:
@@ -173,12 +189,28 @@ class GraphedTrainStep:
                 tuple(_hyper_parameters(opt) for opt in optimizers))
 
     def _eager_on_side_stream(self, step_fn, inputs):
+        """A warm-up step, on a side stream, watched for host syncs."""
         current = torch.cuda.current_stream()
         side = torch.cuda.Stream()
         side.wait_stream(current)
-        with torch.cuda.stream(side):
-            outputs = step_fn(inputs)
+        mode = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            torch.cuda.set_sync_debug_mode('warn')
+            try:
+                with torch.cuda.stream(side):
+                    outputs = step_fn(inputs)
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
         current.wait_stream(side)
+        syncs = [w for w in caught if 'synchroniz' in str(w.message)]
+        for other in caught:
+            if other not in syncs:  # not ours to swallow
+                warnings.warn_explicit(other.message, other.category,
+                                       other.filename, other.lineno)
+        if syncs:
+            self._disabled = ('the step synchronises with the host (at '
+                              f'{syncs[0].filename}:{syncs[0].lineno})')
         return outputs
 
     def _capture(self, key, step_fn, inputs) -> None:
