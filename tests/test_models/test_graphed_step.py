@@ -174,6 +174,30 @@ class TestFallbackOnCPU(TestCase):
         optimizer.param_groups[0]['lr'] = 5e-4
         self.assertNotEqual(key, GraphedTrainStep._key(inputs, [optimizer]))
 
+    def test_capture_policy(self):
+        """Which steps are warm-ups, captures and replays (keys only)."""
+        step = GraphedTrainStep(warmup=3)
+
+        def run(keys):
+            actions = []
+            for key in keys:
+                action = step._next_action(key)
+                if action == 'capture':  # what _capture leaves behind
+                    step._graph = (key, None, None, None)
+                actions.append(action[0])
+            return ''.join(actions)
+
+        # Six passes of 5 full batches (A) and a smaller last one (B): A
+        # is captured after 3 warm-ups; B, never seen 4 times in a row,
+        # stays eager and does not evict A's graph.
+        self.assertEqual(
+            run(['A'] * 5 + ['B']), 'eeecre')
+        self.assertEqual(run((['A'] * 5 + ['B']) * 5), 'rrrrre' * 5)
+        # A new lr (key C): 3 warm-ups, then C replaces A.
+        self.assertEqual(run(['C'] * 5 + ['A']), 'eeecre')
+        step.reset()
+        self.assertEqual(run(['C', 'C']), 'ee')
+
     def test_warmup_must_be_positive(self):
         with self.assertRaisesRegex(ValueError, 'warmup'):
             GraphedTrainStep(warmup=0)

@@ -124,8 +124,10 @@ class GALDDCClassifier(ImageClassifier):
             is fine), gradient accumulation or clipping, optimisers other
             than SGD/Adam/AdamW. Under bf16 AMP the captured step does
             without mmengine's loss scaler (scaling by a power of two
-            changes no bf16 value; a non-finite loss is still stopped by
-            :class:`NumericalGuardHook`). Defaults to False.
+            changes no bf16 value; but a step whose gradients are not
+            finite is applied, not skipped, and the non-finite loss that
+            follows is stopped by :class:`NumericalGuardHook`). Defaults to
+            False.
         pretrained, train_cfg, data_preprocessor, init_cfg: As
             :class:`mmpretrain.models.ImageClassifier`.
     """
@@ -720,7 +722,8 @@ class GALDDCClassifier(ImageClassifier):
         The same arithmetic as the eager step with one wrapper per part and
         no accumulation: gradients cleared, the losses under the wrapper's
         autocast (without the weight-cast cache, which a graph cannot
-        keep), one backward, each optimiser's ``step``.
+        keep), one backward, each optimiser's ``step``, gradients cleared
+        (as ``update_params`` leaves them for the next eager step).
 
         Returns:
             tuple: ``(log_vars, geometry batch or None)``.
@@ -742,6 +745,8 @@ class GALDDCClassifier(ImageClassifier):
         parsed.backward()
         for wrapper in wrappers:
             wrapper.optimizer.step()
+        for wrapper in wrappers:
+            wrapper.optimizer.zero_grad(set_to_none=True)
         return log_vars, self._geometry_batch
 
     @staticmethod

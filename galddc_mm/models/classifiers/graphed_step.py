@@ -22,6 +22,10 @@ from torch import Tensor
 CAPTURABLE_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
+#: What ``torch.cuda.set_sync_debug_mode('warn')`` warns.
+SYNC_WARNING = 'called a synchronizing CUDA operation'
+
+
 def _hyper_parameters(optimizer: torch.optim.Optimizer) -> tuple:
     """Every scalar setting of every param group (lr, momentum, ...)."""
     return tuple(
@@ -35,29 +39,31 @@ class GraphedTrainStep:
     """Run a train step eagerly until its setting is steady, then replay it.
 
     ``step_fn(inputs)`` must do a whole step from the tensors of ``inputs``
-    alone: clear the gradients (``set_to_none=True``), forward, backward and
-    the optimisers' ``step``, without a host-device synchronisation. It
-    returns ``(log_vars, extras)``: a dict of loss tensors and any tensors
-    the caller reads after the step.
+    alone: clear the gradients (``set_to_none=True``), forward, backward,
+    the optimisers' ``step`` and clear the gradients again (as mmengine's
+    ``update_params`` leaves them), without a host-device synchronisation.
+    It returns ``(log_vars, extras)``: a dict of loss tensors and any
+    tensors the caller reads after the step.
 
     A *setting* is the shapes and dtypes of the inputs, the autocast state,
     every optimiser hyper-parameter (lr, momentum, ...) and the storage of
-    the parameters. A setting seen ``warmup`` steps in a row is captured
-    (those steps run eagerly on a side stream, as ``torch.cuda.graph``
-    asks) and then replayed for as long as it lasts: the inputs are copied
-    into the graph's static tensors, and the random numbers drawn inside the
-    step come from the default CUDA generator with fresh offsets at each
-    replay. One graph is kept. Other steps run eagerly: the smaller last
-    batch of a pass, and the first steps after the lr changes (an epoch-wise
-    schedule re-captures once per epoch; an lr changing every iteration is
-    never captured).
+    the parameters and of the optimiser state. A setting seen ``warmup``
+    steps in a row is captured (those steps run eagerly on a side stream,
+    as ``torch.cuda.graph`` asks) and then replayed for as long as it
+    lasts: the inputs are copied into the graph's static tensors, and the
+    random numbers drawn inside the step come from the default CUDA
+    generator with fresh offsets at each replay. One graph is kept. Other
+    steps run eagerly: the smaller last batch of a pass, and the first
+    steps after the lr changes (an epoch-wise schedule re-captures once per
+    epoch; an lr changing every iteration is never captured).
 
     Where no step can be captured, :meth:`why_not` says why and the caller
-    runs its usual step. Two more reasons are found on the way, and turn
-    the graph off until the next :meth:`reset` (the next stage): a warm-up
-    step that synchronises with the host (checked with
-    ``torch.cuda.set_sync_debug_mode``; e.g. mmpretrain's
-    ``LabelSmoothLoss`` calls ``.item()``), and a capture that fails.
+    runs its usual step. A warm-up step that synchronises with the host
+    (checked with ``torch.cuda.set_sync_debug_mode``; e.g. mmpretrain's
+    ``LabelSmoothLoss`` calls ``.item()``) turns the graph off the same way
+    until the next :meth:`reset` (the next stage). A capture that fails
+    anyway is an error: CUDA's capture state cannot be trusted after it,
+    so the run stops and says to turn the switch off.
 
     Args:
         warmup (int): Eager steps of one setting before it is captured.
@@ -86,8 +92,8 @@ class GraphedTrainStep:
     def why_not(inputs: Dict[str, Tensor],
                 wrappers: Sequence[OptimWrapper]) -> Optional[str]:
         """Why these inputs and wrappers cannot be captured, or None."""
-        if (torch_dist.is_available() and torch_dist.is_initialized()
-                and torch_dist.get_world_size() > 1):
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            # Even with one process the parts are DDP-wrapped.
             return ('training is distributed: the gradient all-reduce of '
                     'DDP is not captured by this switch')
         for wrapper in wrappers:
@@ -129,28 +135,46 @@ class GraphedTrainStep:
         for optimizer in optimizers:
             self._make_capturable(optimizer)
         key = self._key(inputs, optimizers)
-        if self._graph is not None and self._graph[0] == key:
+        action = self._next_action(key)
+        if action == 'replay':
             outputs = self._replay(inputs)
+        elif action == 'eager':
+            outputs = self._eager_on_side_stream(step_fn, inputs)
         else:
-            if key == self._streak_key:
-                self._streak += 1
-            else:
-                self._streak_key, self._streak = key, 1
-            if self._streak <= self.warmup:
-                outputs = self._eager_on_side_stream(step_fn, inputs)
-            else:
-                try:
-                    self._capture(key, step_fn, inputs)
-                except RuntimeError as exc:
-                    self._graph = None
-                    self._disabled = f'capturing the step failed ({exc})'
-                    self._say(self._disabled, logging.WARNING)
-                    return None
-                outputs = self._replay(inputs)
+            try:
+                self._capture(key, step_fn, inputs)
+            except RuntimeError as exc:
+                self._graph = None
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                raise RuntimeError(
+                    'model.cuda_graph_step: capturing the train step as a '
+                    f'CUDA graph failed ({exc}). Train with the eager step: '
+                    '--cfg-options model.cuda_graph_step=False.') from exc
+            outputs = self._replay(inputs)
         for wrapper in wrappers:
             # What OptimWrapper.update_params counts (one backward each).
             wrapper._inner_count += 1
         return outputs
+
+    def _next_action(self, key) -> str:
+        """``'replay'``, ``'eager'`` (a warm-up step) or ``'capture'``.
+
+        A setting counts as steady only when seen ``warmup`` steps in a
+        row: a replay breaks the streak, so the smaller last batch of every
+        pass is never captured in place of the main graph.
+        """
+        if self._graph is not None and self._graph[0] == key:
+            self._streak_key, self._streak = None, 0
+            return 'replay'
+        if key == self._streak_key:
+            self._streak += 1
+        else:
+            self._streak_key, self._streak = key, 1
+        if self._streak <= self.warmup:
+            return 'eager'
+        self._streak_key, self._streak = None, 0
+        return 'capture'
 
     # ------------------------------------------------------------------
     def _say(self, reason: str, level: int = logging.INFO) -> None:
@@ -185,7 +209,13 @@ class GraphedTrainStep:
                     torch.get_autocast_dtype('cuda'))
         params = tuple(p.data_ptr() for opt in optimizers
                        for g in opt.param_groups for p in g['params'])
-        return (shapes, autocast, params,
+        # The graph reads and writes the state where it is (Adam moments,
+        # momentum buffers): new storage, new graph.
+        state = tuple(
+            v.data_ptr() for opt in optimizers for g in opt.param_groups
+            for p in g['params'] for v in opt.state.get(p, {}).values()
+            if torch.is_tensor(v))
+        return (shapes, autocast, params, state,
                 tuple(_hyper_parameters(opt) for opt in optimizers))
 
     def _eager_on_side_stream(self, step_fn, inputs):
@@ -203,7 +233,7 @@ class GraphedTrainStep:
             finally:
                 torch.cuda.set_sync_debug_mode(mode)
         current.wait_stream(side)
-        syncs = [w for w in caught if 'synchroniz' in str(w.message)]
+        syncs = [w for w in caught if SYNC_WARNING in str(w.message)]
         for other in caught:
             if other not in syncs:  # not ours to swallow
                 warnings.warn_explicit(other.message, other.category,
@@ -232,7 +262,6 @@ class GraphedTrainStep:
             f'({shapes}); capture {self.captures}.',
             logger='current',
             level=logging.INFO if self.captures == 1 else logging.DEBUG)
-        self._streak_key, self._streak = None, 0
 
     def _replay(self, inputs):
         _, graph, static_inputs, (log_vars, extras) = self._graph
