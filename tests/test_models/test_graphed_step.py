@@ -10,37 +10,28 @@ import unittest
 from unittest import TestCase
 
 import torch
+from data_utils import TINY_GALDDC_MODEL, TINY_NUM_CLASSES
 from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
 from mmpretrain.registry import MODELS
 
 import galddc_mm  # noqa: F401
 from galddc_mm.models.classifiers.graphed_step import GraphedTrainStep
 
-NUM_CLASSES, DIM = 4, 16
+NUM_CLASSES, DIM = TINY_NUM_CLASSES, 16
 
-MODEL = dict(
-    type='GALDDCClassifier',
-    backbone=dict(type='LatentPassThrough'),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(
-        type='LinearClsHead',
-        num_classes=NUM_CLASSES,
-        in_channels=DIM,
-        loss=dict(type='CrossEntropyLoss')),
-    diffusion_head=dict(
-        type='LatentDiffusionHead',
-        schedule=dict(type='NoiseSchedule', num_timesteps=50),
-        denoiser=dict(type='ResMLPDenoiser', hidden_dim=32, num_blocks=2,
-                      time_embed_dim=16),
-        sampler=dict(type='DDIMSampler', num_steps=5),
-        proto_loss=dict(type='PrototypeLoss', loss_weight=0.1),
-        radius_loss=dict(type='CalibratedRadiusLoss', loss_weight=0.1),
-        margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
-                         loss_weight=0.1),
-        geometry_t_fraction=0.5),
-    geometry=dict(type='ClassGeometry', tau=3, lam=0.5),
-    pseudo_bank=True,
-    pseudo_bank_chunk=16)
+
+def _model_cfg() -> dict:
+    """The tests' tiny model on 16-d latents, without an image encoder."""
+    cfg = copy.deepcopy(TINY_GALDDC_MODEL)
+    cfg['backbone'] = dict(type='LatentPassThrough')
+    cfg['head']['in_channels'] = DIM
+    cfg['diffusion_head']['geometry_t_fraction'] = 0.5
+    cfg['geometry']['lam'] = 0.5
+    cfg.update(pseudo_bank=True, pseudo_bank_chunk=16)
+    return cfg
+
+
+MODEL = _model_cfg()
 
 # The latents of a long-tailed set: classes of 12, 8, 3 and 2.
 COUNTS = (12, 8, 3, 2)
