@@ -188,6 +188,15 @@ class TestFallbackOnCPU(TestCase):
         self.assertEqual(run(['C'] * 5 + ['A']), 'eeecre')
         step.reset()
         self.assertEqual(run(['C', 'C']), 'ee')
+        # Passes of 2 full batches and a smaller one (Digits-LT's stage
+        # 2): A's warm-ups need not be in a row; B waits while A replays.
+        step.reset()
+        self.assertEqual(run(['A', 'A', 'B'] * 4), 'eeeecerrerre')
+        # An lr changing every step: never captured, and the settings
+        # kept for counting stay few.
+        step.reset()
+        self.assertEqual(run([f'lr{i}' for i in range(20)]), 'e' * 20)
+        self.assertLessEqual(len(step._pending), step.MAX_PENDING)
 
     def test_warmup_must_be_positive(self):
         with self.assertRaisesRegex(ValueError, 'warmup'):

@@ -9,6 +9,7 @@ kernels). Captured once as a CUDA graph, a step is one launch.
 """
 import logging
 import warnings
+from collections import OrderedDict
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -48,11 +49,13 @@ class GraphedTrainStep:
     A *setting* is the shapes and dtypes of the inputs, the autocast state,
     every optimiser hyper-parameter (lr, momentum, ...) and the storage of
     the parameters and of the optimiser state. A setting seen ``warmup``
-    steps in a row is captured (those steps run eagerly on a side stream,
-    as ``torch.cuda.graph`` asks) and then replayed for as long as it
-    lasts: the inputs are copied into the graph's static tensors, and the
-    random numbers drawn inside the step come from the default CUDA
-    generator with fresh offsets at each replay. One graph is kept. Other
+    times with no replay in between is captured (those steps run eagerly
+    on a side stream, as ``torch.cuda.graph`` asks; other settings may come
+    between them, as the smaller last batch of a short pass does) and then
+    replayed for as long as it lasts: the inputs are copied into the
+    graph's static tensors, and the random numbers drawn inside the step
+    come from the default CUDA generator with fresh offsets at each
+    replay. One graph is kept. Other
     steps run eagerly: the smaller last batch of a pass, and the first
     steps after the lr changes (an epoch-wise schedule re-captures once per
     epoch; an lr changing every iteration is never captured).
@@ -70,6 +73,10 @@ class GraphedTrainStep:
             Defaults to 3.
     """
 
+    #: Settings whose warm-up steps are counted at once (an lr changing
+    #: every iteration makes a new one each step).
+    MAX_PENDING = 4
+
     def __init__(self, warmup: int = 3) -> None:
         if int(warmup) < 1:
             raise ValueError(f'warmup must be >= 1, got {warmup}.')
@@ -81,8 +88,11 @@ class GraphedTrainStep:
         """Drop the graph (a new stage, re-built optimiser state)."""
         self._graph = None  # (key, graph, static inputs, static outputs)
         self._disabled = None  # why this stage's step cannot be captured
-        self._streak_key = None
-        self._streak = 0
+        # setting -> (warm-up steps seen, index of the last one), oldest
+        # first
+        self._pending = OrderedDict()
+        self._step = 0
+        self._last_replay = 0
         #: Steps replayed from the graph, and captures made (for logs and
         #: tests).
         self.replays = 0
@@ -160,20 +170,25 @@ class GraphedTrainStep:
     def _next_action(self, key) -> str:
         """``'replay'``, ``'eager'`` (a warm-up step) or ``'capture'``.
 
-        A setting counts as steady only when seen ``warmup`` steps in a
-        row: a replay breaks the streak, so the smaller last batch of every
-        pass is never captured in place of the main graph.
+        A setting is steady once seen ``warmup`` times with no replay in
+        between: the smaller last batch of every pass waits while the main
+        graph replays, so it is never captured in place of that graph, and
+        a pass of two full batches and a smaller one is still captured.
         """
+        self._step += 1
         if self._graph is not None and self._graph[0] == key:
-            self._streak_key, self._streak = None, 0
+            self._last_replay = self._step
             return 'replay'
-        if key == self._streak_key:
-            self._streak += 1
-        else:
-            self._streak_key, self._streak = key, 1
-        if self._streak <= self.warmup:
+        count, last = self._pending.pop(key, (0, 0))
+        if last < self._last_replay:
+            count = 0  # the graph replayed since: start over
+        if count < self.warmup:
+            self._pending[key] = (count + 1, self._step)
+            while len(self._pending) > self.MAX_PENDING:
+                self._pending.popitem(last=False)
             return 'eager'
-        self._streak_key, self._streak = None, 0
+        self._pending.clear()
+        self._last_replay = self._step  # the capture replays at once
         return 'capture'
 
     # ------------------------------------------------------------------
