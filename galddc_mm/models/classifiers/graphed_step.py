@@ -55,10 +55,10 @@ class GraphedTrainStep:
     replayed for as long as it lasts: the inputs are copied into the
     graph's static tensors, and the random numbers drawn inside the step
     come from the default CUDA generator with fresh offsets at each
-    replay. One graph is kept. Other
-    steps run eagerly: the smaller last batch of a pass, and the first
-    steps after the lr changes (an epoch-wise schedule re-captures once per
-    epoch; an lr changing every iteration is never captured).
+    replay. One graph is kept. Other steps run eagerly: the smaller last
+    batch of a pass, and the first steps after the lr changes (an
+    epoch-wise schedule re-captures once per epoch; an lr changing every
+    iteration is never captured).
 
     Where no step can be captured, :meth:`why_not` says why and the caller
     runs its usual step. A warm-up step that synchronises with the host
