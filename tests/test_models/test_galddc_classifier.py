@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """GALDDCClassifier: what each stage computes and where its gradients go."""
+import contextlib
 import copy
 from unittest import TestCase
 
@@ -354,6 +355,41 @@ class TestGALDDCClassifier(TestCase):
         # Off: nothing is drawn ahead.
         off = _build()
         self.assertEqual(off.prepare_pseudo_bank(5, 4, seed=3), 0)
+
+    def test_pseudo_bank_is_drawn_under_the_stage_autocast(self):
+        """With the run's wrappers the bank is what the steps would draw
+        under the stage's autocast (bf16 on the CPU here), not float32."""
+
+        class BF16Wrapper(OptimWrapper):
+            """Autocast in bf16, as AmpOptimWrapper on a GPU."""
+
+            entered = 0
+
+            @contextlib.contextmanager
+            def optim_context(self, model):
+                BF16Wrapper.entered += 1
+                with torch.autocast('cpu', dtype=torch.bfloat16):
+                    yield
+
+        model = _build(pseudo_bank=True, pseudo_bank_chunk=64)
+        _init_geometry(model, counts=(6, 5, 2, 1))
+        model.set_stage('finetune', 'stable')
+        model.eval()
+        sgd = torch.optim.SGD(model.head.parameters(), lr=0.1)
+        wrappers = OptimWrapperDict(head=BF16Wrapper(sgd))
+        model.prepare_pseudo_bank(5, 4, seed=3, optim_wrapper=wrappers)
+        self.assertEqual(BF16Wrapper.entered, 1)
+        bank, bank_labels, _ = model._bank
+        with BF16Wrapper(sgd).optim_context(model):
+            steps, labels = model.sample_pseudo_latents(
+                20, torch.device('cpu'),
+                generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(bank_labels, labels)
+        torch.testing.assert_close(bank, steps, rtol=0, atol=0)
+        # No wrapper, no autocast: float32 linears, other numbers (close:
+        # the fresh denoiser's output is small).
+        model.prepare_pseudo_bank(5, 4, seed=3)
+        self.assertFalse(torch.equal(model._bank[0], bank))
 
     def test_pseudo_bank_equals_per_step_sampling(self):
         model = _build()

@@ -81,13 +81,13 @@ def bench_train(ctx, name, warmup=None, iters=None, suffix=''):
         get_batch = ctx.latent_batch()
     bank = {}
     if 'bank' in (variant or '').split('+'):
-        # What the loop does at an epoch start (outside autocast, as
-        # there), for every step timed here.
+        # What the loop does at an epoch start (under the stage's
+        # autocast, as there), for every step timed here.
         num_steps = warmup + iters + extra
         ctx.sync()
         start = time.perf_counter()
         internals.unwrap(model).prepare_pseudo_bank(
-            num_steps, ctx.batch_size, seed=0)
+            num_steps, ctx.batch_size, seed=0, optim_wrapper=optim)
         ctx.sync()
         bank_s = time.perf_counter() - start
         bank = dict(bank_fill_ms=bank_s * 1e3, bank_steps=num_steps,

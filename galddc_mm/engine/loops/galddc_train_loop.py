@@ -246,8 +246,9 @@ class GALDDCTrainLoop(EpochBasedTrainLoop):
         batch_size = (self._latent_batch_size(stage) if stage.cache_latents
                       else self.image_dataloader.batch_size)
         start = time.perf_counter()
+        # Under the stage's autocast, as the steps would draw them.
         num = get_ori_model(self.runner.model).prepare_pseudo_bank(
-            len(self.dataloader), batch_size, seed)
+            len(self.dataloader), batch_size, seed, self.runner.optim_wrapper)
         if num:
             self.runner.logger.info(
                 f'Pseudo-latent bank of epoch {self._epoch + 1}: {num} '

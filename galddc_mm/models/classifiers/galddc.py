@@ -581,8 +581,14 @@ class GALDDCClassifier(ImageClassifier):
         return latents.detach(), labels
 
     @torch.no_grad()
-    def prepare_pseudo_bank(self, num_steps: int, batch_size: int,
-                            seed: int) -> int:
+    def prepare_pseudo_bank(
+        self,
+        num_steps: int,
+        batch_size: int,
+        seed: int,
+        optim_wrapper: Optional[Union[OptimWrapper,
+                                      OptimWrapperDict]] = None
+    ) -> int:
         """Draw the pseudo-latents of ``num_steps`` stage-3 steps at once.
 
         Does nothing (returns 0) unless ``pseudo_bank`` is on. Labels for
@@ -590,18 +596,28 @@ class GALDDCClassifier(ImageClassifier):
         ``pseudo_bank_chunk``, all from one generator seeded with ``seed``:
         deterministic DDIM treats every latent on its own, so the chunking
         does not change the latents of given labels and starting noise.
+        With ``optim_wrapper`` they are drawn under the autocast of the
+        stage's first wrapper, as :meth:`train_step` draws per-step
+        pseudo-latents (bf16 under AMP; without it the bank is float32,
+        several times slower on a GPU).
 
         Args:
             num_steps (int): Steps of the coming epoch.
             batch_size (int): Real latents per step (the pseudo batch
                 defaults to it).
             seed (int): The loop derives it from (seed, epoch, rank).
+            optim_wrapper (OptimWrapper | OptimWrapperDict, optional): The
+                run's optimiser wrapper(s). Defaults to None (no autocast).
 
         Returns:
             int: The number of pseudo-latents drawn.
         """
         if not self.pseudo_bank:
             return 0
+        if optim_wrapper is not None:
+            wrapper = self._stage_wrappers(optim_wrapper)[0]
+            with wrapper.optim_context(self):
+                return self.prepare_pseudo_bank(num_steps, batch_size, seed)
         num = num_steps * (self.pseudo_batch_size or batch_size)
         device = self.geometry.prototypes.device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -661,18 +677,7 @@ class GALDDCClassifier(ImageClassifier):
         preprocessor) or a cached-latent batch ``dict(latents=, labels=)``
         produced by the training loop.
         """
-        parts = trainable_parts(self.stage, self.finetune_mode)
-        if isinstance(optim_wrapper, OptimWrapperDict):
-            missing = [p for p in parts if p not in optim_wrapper]
-            if missing:
-                raise KeyError(
-                    f'Stage {self.stage!r} trains {parts} but optim_wrapper '
-                    f'has no {missing}; add them to the optim_wrapper '
-                    'config (see GALDDCOptimWrapperConstructor).')
-            wrappers = [optim_wrapper[p] for p in parts]
-        else:
-            wrappers = [optim_wrapper]
-
+        wrappers = self._stage_wrappers(optim_wrapper)
         latent_batch = isinstance(data, dict) and 'latents' in data
         pseudo = None
         if latent_batch and self._graphed_step is not None:
@@ -695,6 +700,21 @@ class GALDDCClassifier(ImageClassifier):
         parsed, log_vars = self.parse_losses(losses)
         self._update_params(parsed, wrappers)
         return log_vars
+
+    def _stage_wrappers(
+        self, optim_wrapper: Union[OptimWrapper, OptimWrapperDict]
+    ) -> List[OptimWrapper]:
+        """The wrappers of the parts this stage trains, in their order."""
+        if not isinstance(optim_wrapper, OptimWrapperDict):
+            return [optim_wrapper]
+        parts = trainable_parts(self.stage, self.finetune_mode)
+        missing = [p for p in parts if p not in optim_wrapper]
+        if missing:
+            raise KeyError(
+                f'Stage {self.stage!r} trains {parts} but optim_wrapper '
+                f'has no {missing}; add them to the optim_wrapper config '
+                '(see GALDDCOptimWrapperConstructor).')
+        return [optim_wrapper[p] for p in parts]
 
     def _latent_step_inputs(
             self, data: dict,
