@@ -1,6 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 from .cifar_lt import CIFAR10LT, CIFAR100LT, ldam_long_tail_select
 from .digits_lt import DigitsLT
+from .encoded_images import EncodedImages, decode_files, encoded_collate
 from .gaussian_latent_lt import GaussianLatentLT
 from .imagenet_lt import ImageNetLT
 from .inat2018 import INat2018
@@ -23,9 +24,10 @@ from .transforms import (
 
 __all__ = [
     'BANDS', 'CIFAR10LT', 'CIFAR100LT', 'CheckedLoadImageFromFile',
-    'DigitsLT', 'GaussianLatentLT', 'INat2018', 'ImageNetLT',
+    'DigitsLT', 'EncodedImages', 'GaussianLatentLT', 'INat2018', 'ImageNetLT',
     'LoadImageBytes', 'LongTailListDataset', 'LongTailMixin',
     'PackImageBytes', 'PlacesLT', 'SyntheticLT',
-    'class_bands', 'head_tail_masks', 'ldam_long_tail_select',
-    'long_tail_counts', 'parse_list_file', 'UnreadableImageError'
+    'class_bands', 'decode_files', 'encoded_collate', 'head_tail_masks',
+    'ldam_long_tail_select', 'long_tail_counts', 'parse_list_file',
+    'UnreadableImageError'
 ]

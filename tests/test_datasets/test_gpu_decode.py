@@ -3,9 +3,13 @@
 
 * The crop boxes follow mmpretrain's ``RandomResizedCrop`` distribution
   (two-sample KS tests that also reject a wrong scale range).
-* End to end through an mmengine dataloader (``pseudo_collate``): eval
-  mode matches the CPU test pipeline (cv2, ResizeEdge + CenterCrop),
-  training mode gives normalised (B, 3, 224, 224) crops, flips mirror.
+* The batched bilinear resampling equals ``F.interpolate`` of each crop
+  (and cv2 to a grey level), for crops, flips and resize + centre crop.
+* End to end through mmengine dataloaders (``encoded_collate`` and
+  ``pseudo_collate``): eval mode matches the CPU test pipeline (cv2,
+  ResizeEdge + CenterCrop), training mode gives normalised
+  (B, 3, 224, 224) crops, flips mirror; batched and per-image resampling
+  agree; on CUDA the pin-memory thread decodes.
 * Unusual files (PNG named .JPEG, CMYK, grayscale) decode; a damaged one
   is named in the error.
 * ``configs/galddc/r50_imagenetlt_gpu_decode.py`` loads and builds.
@@ -14,11 +18,13 @@ import os
 import os.path as osp
 import shutil
 import tempfile
+import unittest
 from unittest import TestCase
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from conftest import REPO_ROOT
 from data_utils import make_list_dataset
 from mmengine.config import Config
@@ -32,8 +38,13 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 import galddc_mm  # noqa: F401
-from galddc_mm.datasets import UnreadableImageError
-from galddc_mm.models import GPUDecodeClsDataPreprocessor, sample_crop_boxes
+from galddc_mm.datasets import EncodedImages, UnreadableImageError
+from galddc_mm.models import (
+    GPUDecodeClsDataPreprocessor,
+    center_resize_box,
+    resample_bilinear,
+    sample_crop_boxes,
+)
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -158,6 +169,73 @@ class TestCropSampler(TestCase):
 # ----------------------------------------------------------------------
 # 4b. end to end
 # ----------------------------------------------------------------------
+class TestResampleBilinear(TestCase):
+    """One batched call equals F.interpolate of each image (a closed
+    loop of its own: resize of the crop, or resize then crop)."""
+
+    def setUp(self):
+        g = torch.Generator().manual_seed(0)
+        self.sizes = [(37, 50), (60, 41), (20, 20), (301, 300)]
+        self.images = [
+            torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+            for h, w in self.sizes
+        ]
+        self.boxes = sample_crop_boxes(
+            torch.tensor(self.sizes), generator=g)
+
+    def _crops(self, size):
+        return [
+            F.interpolate(img[None, :, y:y + h, x:x + w].float(), size=size,
+                          mode='bilinear', align_corners=False)[0]
+            for img, (y, x, h, w) in zip(self.images, self.boxes.tolist())
+        ]
+
+    def test_random_resized_crops(self):
+        for size in ((16, 16), (64, 48)):  # down- and upscaling
+            out = resample_bilinear(self.images, self.boxes.double(),
+                                    self.boxes, size)
+            self.assertEqual(out.shape, (4, 3) + size)
+            self.assertEqual(out.dtype, torch.float32)
+            torch.testing.assert_close(
+                out, torch.stack(self._crops(size)), rtol=0, atol=1e-3)
+
+    def test_a_negative_width_mirrors(self):
+        windows = self.boxes.double()
+        windows[:, 1] += windows[:, 3]
+        windows[:, 3] *= -1
+        out = resample_bilinear(self.images, windows, self.boxes, (16, 16))
+        torch.testing.assert_close(
+            out, torch.stack(self._crops((16, 16))).flip(-1), rtol=0,
+            atol=1e-3)
+
+    def test_resize_then_centre_crop(self):
+        windows, bounds, refs = [], [], []
+        for img, (h, w) in zip(self.images, self.sizes):
+            new_h, new_w, top, left = center_resize_box(h, w, 24, (16, 16))
+            sy, sx = h / new_h, w / new_w
+            windows.append((top * sy, left * sx, 16 * sy, 16 * sx))
+            bounds.append((0, 0, h, w))
+            full = F.interpolate(img[None].float(), size=(new_h, new_w),
+                                 mode='bilinear', align_corners=False)[0]
+            refs.append(full[:, top:top + 16, left:left + 16])
+        out = resample_bilinear(self.images, torch.tensor(windows),
+                                torch.tensor(bounds), (16, 16))
+        # F.interpolate's float32 coordinates vs float64 here: ~1e-3 of a
+        # grey level where neighbours differ by 255.
+        torch.testing.assert_close(out, torch.stack(refs), rtol=0, atol=5e-3)
+
+    def test_matches_cv2_to_a_grey_level(self):
+        out = resample_bilinear(self.images, self.boxes.double(), self.boxes,
+                                (16, 16))
+        for crop, img, (y, x, h, w) in zip(out, self.images,
+                                           self.boxes.tolist()):
+            ref = cv2.resize(
+                img[:, y:y + h, x:x + w].permute(1, 2, 0).numpy(), (16, 16),
+                interpolation=cv2.INTER_LINEAR)
+            diff = np.abs(crop.permute(1, 2, 0).numpy() - ref)
+            self.assertLess(diff.max(), 1.0)  # cv2's fixed point, rounding
+
+
 class TestGPUDecode(TestCase):
 
     @classmethod
@@ -179,17 +257,18 @@ class TestGPUDecode(TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp)
 
-    def _loader(self, pipeline, batch_size=5):
-        """A real mmengine dataloader with its default collate."""
+    def _loader(self, pipeline, batch_size=5, **loader):
+        """A real mmengine dataloader (its default collate unless said)."""
+        cfg = dict(
+            batch_size=batch_size,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            dataset=dict(
+                type='ImageNetLT', data_root=self.tmp, split='train',
+                pipeline=pipeline))
+        cfg.update(loader)
         with DefaultScope.overwrite_default_scope('mmpretrain'):
-            return Runner.build_dataloader(
-                dict(
-                    batch_size=batch_size,
-                    num_workers=0,
-                    sampler=dict(type='DefaultSampler', shuffle=False),
-                    dataset=dict(
-                        type='ImageNetLT', data_root=self.tmp,
-                        split='train', pipeline=pipeline)))
+            return Runner.build_dataloader(cfg)
 
     def _cpu_batch(self, pipeline=CPU_TEST_PIPELINE):
         batch = next(iter(self._loader(pipeline)))
@@ -212,6 +291,75 @@ class TestGPUDecode(TestCase):
         self.assertEqual([s.sample_idx for s in samples], list(range(5)))
         self.assertEqual([s.img_path for s in samples], self.paths)
         self.assertEqual([int(s.gt_label) for s in samples], self.labels)
+
+    def test_encoded_collate(self):
+        # In 2 workers, as in training: one buffer per batch.
+        loader = self._loader(BYTES_PIPELINE, num_workers=2,
+                              collate_fn=dict(type='encoded_collate'))
+        batch = next(iter(loader))
+        inputs = batch['inputs']
+        self.assertIsInstance(inputs, EncodedImages)
+        self.assertEqual(len(inputs), 5)
+        self.assertIsNone(inputs.images)  # no pin-memory thread here
+        for x, path in zip(inputs.files(), self.paths):
+            with open(path, 'rb') as f:
+                self.assertEqual(x.numpy().tobytes(), f.read())
+        self.assertEqual(inputs.names, self.paths)
+        self.assertEqual([int(s.gt_label) for s in batch['data_samples']],
+                         self.labels)
+        # The preprocessor gives what it gives for pseudo_collate's list.
+        pp = MODELS.build(DEFAULT_ARGS)
+        for training in (False, True):
+            listed = self._bytes_batch()  # (building a loader draws seeds)
+            torch.manual_seed(0)
+            out = pp(batch, training)
+            torch.manual_seed(0)
+            ref = pp(listed, training)
+            torch.testing.assert_close(out['inputs'], ref['inputs'])
+            self.assertEqual(
+                [s.ori_shape for s in out['data_samples']],
+                [s.ori_shape for s in ref['data_samples']])
+
+    def test_encoded_collate_errors(self):
+        with self.assertRaisesRegex(TypeError, 'encoded_collate'):
+            next(iter(self._loader(CPU_TEST_PIPELINE,
+                                   collate_fn=dict(type='encoded_collate'))))
+        with self.assertRaisesRegex(ValueError, 'add up to 5'):
+            EncodedImages(torch.zeros(4, dtype=torch.uint8),
+                          torch.tensor([2, 3]))
+
+    @unittest.skipUnless(torch.cuda.is_available(), 'needs a CUDA device')
+    def test_pin_memory_thread_decodes_on_cuda(self):
+        loader = self._loader(BYTES_PIPELINE, num_workers=2,
+                              pin_memory=True,
+                              collate_fn=dict(type='encoded_collate'))
+        batch = next(iter(loader))
+        images = batch['inputs'].images
+        self.assertIsNotNone(images)
+        self.assertTrue(all(img.is_cuda for img in images))
+        self.assertTrue(batch['inputs'].data.is_pinned())
+        pp = MODELS.build(DEFAULT_ARGS).cuda()
+        ahead = pp(batch, False)['inputs']
+        here = pp(next(iter(self._loader(
+            BYTES_PIPELINE, collate_fn=dict(type='encoded_collate',
+                                            decode_in_loader=False)))),
+                  False)['inputs']
+        torch.testing.assert_close(ahead, here)
+
+    def test_batched_equals_per_image(self):
+        batched = MODELS.build(DEFAULT_ARGS)
+        per_image = MODELS.build({**DEFAULT_ARGS, 'batched': False})
+        for training in (False, True):
+            batches = self._bytes_batch(), self._bytes_batch()
+            torch.manual_seed(3)
+            a = batched(batches[0], training)
+            torch.manual_seed(3)
+            b = per_image(batches[1], training)
+            torch.testing.assert_close(a['inputs'], b['inputs'], rtol=0,
+                                       atol=1e-4)
+            if training:
+                self.assertEqual([s.flip for s in a['data_samples']],
+                                 [s.flip for s in b['data_samples']])
 
     def test_transform_errors(self):
         load = TRANSFORMS.build(dict(type='LoadImageBytes'))
@@ -386,16 +534,15 @@ class TestGPUDecodeConfig(TestCase):
         cfg = Config.fromfile(
             osp.join(REPO_ROOT, 'configs', 'galddc',
                      'r50_imagenetlt_gpu_decode.py'))
-        types = [t['type'] for t in cfg.train_dataloader.dataset.pipeline]
-        self.assertEqual(types, ['LoadImageBytes', 'PackImageBytes'])
-        # Variable-length bytes need pseudo_collate, said in the config:
-        # tools/train.py defaults every loader to default_collate, which
-        # cannot stack them.
-        self.assertEqual(cfg.train_dataloader.collate_fn,
-                         dict(type='pseudo_collate'))
-        # The val/test pipelines stay on the CPU (cv2, BGR -> to_rgb).
-        self.assertEqual(cfg.val_dataloader.dataset.pipeline[0]['type'],
-                         'LoadImageFromFile')
+        # Every loader reads bytes into one buffer per batch, said in the
+        # config: tools/train.py defaults every loader to default_collate,
+        # which cannot stack variable-length files.
+        for loader in (cfg.train_dataloader, cfg.val_dataloader,
+                       cfg.test_dataloader):
+            types = [t['type'] for t in loader.dataset.pipeline]
+            self.assertEqual(types, ['LoadImageBytes', 'PackImageBytes'])
+            self.assertEqual(loader.collate_fn, dict(type='encoded_collate'))
+            self.assertTrue(loader.pin_memory)
         pp = MODELS.build(cfg.data_preprocessor)
         self.assertIsInstance(pp, GPUDecodeClsDataPreprocessor)
         self.assertTrue(pp.to_rgb)

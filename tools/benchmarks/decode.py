@@ -8,8 +8,12 @@ DataLoaders with ``--workers`` workers, for
   imagenet_lt.py`` (cv2 decode, RandomResizedCrop 224, flip, PackInputs)
   + ``ClsDataPreprocessor`` on the device;
 * ``gpu_train``: the bytes pipeline of ``imagenet_lt_gpu_decode.py``
-  (LoadImageBytes, PackImageBytes) + ``GPUDecodeClsDataPreprocessor``
-  (decode, crop, flip on the device);
+  (LoadImageBytes, PackImageBytes, ``encoded_collate``: one buffer per
+  batch, decoded in the pin-memory thread on CUDA) +
+  ``GPUDecodeClsDataPreprocessor`` (crop and flip of the whole batch);
+* ``gpu_train_list``: the first version of that path, kept to compare:
+  ``pseudo_collate`` (one tensor per file), decoding in the preprocessor
+  between batches, and a crop resized image by image;
 * ``cpu_eval`` / ``gpu_eval``: the same for evaluation and the latent
   extraction (ResizeEdge 256 + CenterCrop 224; the preprocessor's eval
   mode).
@@ -42,6 +46,7 @@ from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 
 import galddc_mm  # noqa: F401  (registers the modules)
+from galddc_mm.datasets import EncodedImages
 
 # Run as a script, this file sees its own folder on sys.path; the
 # package it belongs to is imported from the folder above (tools/).
@@ -50,7 +55,7 @@ from benchmarks.common import ROOT, machine_info  # noqa: E402
 
 CPU_CFG = 'configs/_base_/datasets/imagenet_lt.py'
 GPU_CFG = 'configs/_base_/datasets/imagenet_lt_gpu_decode.py'
-MODES = ('cpu_train', 'gpu_train', 'cpu_eval', 'gpu_eval')
+MODES = ('cpu_train', 'gpu_train', 'gpu_train_list', 'cpu_eval', 'gpu_eval')
 
 
 def parse_args(argv=None):
@@ -78,7 +83,7 @@ def parse_args(argv=None):
                         help='collate of the CPU pipeline: pseudo (the '
                         'configs\' default, one copy per image) or '
                         'default (stacked on the host, one copy); the '
-                        'bytes pipeline always uses pseudo')
+                        'bytes pipeline uses its config\'s')
     parser.add_argument('--pp-iters', type=int, default=10,
                         help='repeats of the preprocessor-only timing')
     parser.add_argument('--seed', type=int, default=0)
@@ -106,7 +111,8 @@ class Bench:
 
     def build(self, mode):
         """The loader and the preprocessor of ``mode``."""
-        gpu, train = mode.startswith('gpu'), mode.endswith('train')
+        gpu, train = mode.startswith('gpu'), 'train' in mode
+        listed = mode.endswith('_list')
         cfg = self.gpu_cfg if gpu else self.cpu_cfg
         pipeline = cfg.train_pipeline if train else cfg.test_pipeline
         if gpu and not train:
@@ -124,12 +130,18 @@ class Bench:
                 split='train',
                 ann_file=self.args.list,
                 pipeline=[dict(t) for t in pipeline]))
-        if not gpu and self.args.collate == 'default':
+        if gpu:
+            loader_cfg['collate_fn'] = dict(
+                type='pseudo_collate') if listed else dict(
+                    cfg.train_dataloader.collate_fn)
+        elif self.args.collate == 'default':
             loader_cfg['collate_fn'] = dict(type='default_collate')
         with DefaultScope.overwrite_default_scope('mmpretrain'):
             loader = Runner.build_dataloader(loader_cfg, seed=self.args.seed)
         pp_cfg = cfg.data_preprocessor.to_dict()
         pp_cfg.setdefault('type', 'ClsDataPreprocessor')
+        if listed:
+            pp_cfg['batched'] = False
         pp = MODELS.build(pp_cfg).to(self.device)
         return loader, pp, train
 
@@ -165,8 +177,12 @@ class Bench:
             # are moved to the device in place: fresh samples each time).
             batch = next(it)
             pp_times = []
+            inputs = batch['inputs']
             for _ in range(args.pp_iters + 1):
-                copy = dict(inputs=batch['inputs'],
+                if isinstance(inputs, EncodedImages):  # decode each time
+                    inputs = EncodedImages(inputs.data, inputs.lengths,
+                                           inputs.names)
+                copy = dict(inputs=inputs,
                             data_samples=[s.clone()
                                           for s in batch['data_samples']])
                 self.sync()

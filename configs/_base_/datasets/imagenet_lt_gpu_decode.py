@@ -1,19 +1,20 @@
-# ImageNet-LT (see imagenet_lt.py) with the training images decoded and
-# augmented on the GPU: the workers only read the JPEG files
-# (LoadImageBytes + PackImageBytes) and GPUDecodeClsDataPreprocessor
-# decodes them with nvJPEG, then draws RandomResizedCrop(224) boxes from
-# mmpretrain's distribution and flips with probability 0.5, on the GPU.
+# ImageNet-LT (see imagenet_lt.py) with every image decoded and augmented
+# on the GPU: the workers only read the JPEG files (LoadImageBytes +
+# PackImageBytes) and put a batch's files into one buffer
+# (encoded_collate); the DataLoader's pin-memory thread decodes the batch
+# with nvJPEG while the previous step runs, and
+# GPUDecodeClsDataPreprocessor draws RandomResizedCrop(224) boxes from
+# mmpretrain's distribution and flips with probability 0.5 (training), or
+# resizes the short edge to 256 and crops the centre 224 (val/test and the
+# latent-cache extraction of GALD-DC), for the whole batch at once.
 # For machines whose CPU cores cannot keep up with the GPU (e.g. 16 cores
-# per H200: ~3,900 img/s for cv2 decoding vs ~4,400 img/s for a ResNet-50
-# step); tools/benchmarks/decode.py measures both paths.
+# per H200); tools/benchmarks/decode.py measures both paths, and
+# docs/benchmarks.md gives the figures.
 #
-# The val/test pipelines stay on the CPU (cv2, BGR): the preprocessor
-# passes decoded images to ClsDataPreprocessor, where to_rgb=True applies
-# (decode_jpeg already gives RGB, so to_rgb is ignored for bytes). The
-# latent-cache extraction of GALD-DC uses the training set with the val
-# pipeline, so it decodes on the CPU too; to decode val/test and the
-# extraction on the GPU as well (ResizeEdge 256 + CenterCrop 224 in the
-# preprocessor's eval mode), set their pipelines to train_pipeline below.
+# The evaluation crops differ from the cv2 pipeline's by a fraction of a
+# grey level (float resampling vs cv2's fixed point; nvJPEG's IDCT). To
+# keep val/test on the CPU pipeline, set their dataset.pipeline to
+# test_pipeline of imagenet_lt.py and their collate_fn to default_collate.
 _base_ = ['./imagenet_lt.py']
 
 data_preprocessor = dict(
@@ -28,19 +29,24 @@ data_preprocessor = dict(
     # cv2's INTER_LINEAR (no antialiasing), as the CPU pipeline.
     interpolation='bilinear',
     antialias=False,
-    # mean/std (RGB), num_classes and to_rgb=True (for the CPU val/test
-    # pipelines) come from imagenet_lt.py.
+    # mean/std (RGB) and num_classes come from imagenet_lt.py; to_rgb=True
+    # there applies to decoded (cv2, BGR) inputs only, not to bytes.
 )
 
-train_pipeline = [
+bytes_pipeline = [
     dict(type='LoadImageBytes'),
     dict(type='PackImageBytes'),
 ]
+train_pipeline = bytes_pipeline
+test_pipeline = bytes_pipeline
 
-train_dataloader = dict(
-    # Variable-length byte tensors cannot be stacked: a list per batch
-    # (tools/train.py otherwise defaults every loader to default_collate).
-    collate_fn=dict(type='pseudo_collate'),
-    # Pinned byte buffers for the host-to-device copy of nvJPEG.
+# One buffer per batch from the workers; pinned, and decoded on the GPU in
+# the pin-memory thread (encoded_collate(decode_in_loader=False) leaves
+# decoding to the preprocessor, between the steps).
+bytes_loader = dict(
+    collate_fn=dict(type='encoded_collate'),
     pin_memory=True,
-    dataset=dict(pipeline=train_pipeline))
+    dataset=dict(pipeline=bytes_pipeline))
+train_dataloader = bytes_loader
+val_dataloader = bytes_loader
+test_dataloader = bytes_loader

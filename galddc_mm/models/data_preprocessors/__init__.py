@@ -2,9 +2,11 @@
 from .gpu_decode import (
     GPUDecodeClsDataPreprocessor,
     center_resize_box,
+    resample_bilinear,
     sample_crop_boxes,
 )
 
 __all__ = [
-    'GPUDecodeClsDataPreprocessor', 'center_resize_box', 'sample_crop_boxes'
+    'GPUDecodeClsDataPreprocessor', 'center_resize_box', 'resample_bilinear',
+    'sample_crop_boxes'
 ]

@@ -10,10 +10,8 @@ drawing the crops from the same distribution as mmpretrain's
 ``RandomResizedCrop``.
 """
 import math
-import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
-import cv2
 import torch
 import torch.nn.functional as F
 from mmengine.dist import get_dist_info
@@ -25,9 +23,8 @@ from mmpretrain.structures import (
     cat_batch_labels,
     tensor_split,
 )
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from galddc_mm.datasets.transforms import UnreadableImageError
+from galddc_mm.datasets.encoded_images import EncodedImages, decode_files
 
 INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic')
 
@@ -137,8 +134,87 @@ def center_resize_box(height: int, width: int, edge: int,
     return new_h, new_w, top, left
 
 
+def resample_bilinear(images: Sequence[torch.Tensor],
+                      windows: torch.Tensor,
+                      bounds: torch.Tensor,
+                      size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of one window of each image, for a whole batch.
+
+    Output pixel ``(i, j)`` of image ``n`` reads the image at
+
+    ``y = top + (i + 0.5) * height / out_h - 0.5`` (``x`` likewise),
+
+    clamped to the pixels of ``bounds[n]``, from the 2x2 nearest pixels:
+    cv2's ``INTER_LINEAR`` and ``F.interpolate(align_corners=False)``
+    without antialiasing. ``RandomResizedCrop`` is a window and bounds on
+    the crop box (cv2 resizes the cropped image, so it clamps at the
+    crop's edges); ``ResizeEdge`` + ``CenterCrop`` is a window scaled by
+    the resize and bounded by the whole image. A negative width mirrors
+    the window (``left + width`` and ``-width`` for a flipped crop).
+
+    The images may differ in size: they are read from one flat buffer
+    with computed indices, so the batch costs a dozen kernels instead of
+    a few per image.
+
+    Args:
+        images (Sequence[torch.Tensor]): ``(C, H, W)`` uint8 or float
+            images on one device.
+        windows (torch.Tensor): ``(B, 4)`` ``(top, left, height, width)``
+            in pixels (float).
+        bounds (torch.Tensor): ``(B, 4)`` integer ``(top, left, height,
+            width)`` of the pixels that may be read.
+        size (tuple[int, int]): Output ``(h, w)``.
+
+    Returns:
+        torch.Tensor: ``(B, C, h, w)`` float32 on the images' device.
+    """
+    out_h, out_w = size
+    device = images[0].device
+    channels = images[0].size(0)
+    hw = torch.tensor([img.shape[-2:] for img in images], dtype=torch.float64)
+    planes = hw[:, 0] * hw[:, 1]
+    starts = torch.cumsum(channels * planes, 0) - channels * planes
+    # One host-to-device copy of everything per image.
+    params = torch.cat([
+        torch.as_tensor(windows, dtype=torch.float64).reshape(-1, 4),
+        torch.as_tensor(bounds, dtype=torch.float64).reshape(-1, 4),
+        hw[:, 1:], planes[:, None], starts[:, None]
+    ], 1).to(device)
+    win, bnd = params[:, :4], params[:, 4:8]
+    width, plane, start = params[:, 8:9], params[:, 9], params[:, 10]
+
+    def axis(first, extent, lo, count, n_out):
+        pos = torch.arange(n_out, device=device, dtype=torch.float64) + 0.5
+        coord = first + pos * (extent / n_out) - 0.5
+        hi = lo + count - 1
+        coord = torch.minimum(torch.maximum(coord, lo), hi)
+        low = coord.floor()
+        return (low.long(), torch.minimum(low + 1, hi).long(),
+                (coord - low).float())
+
+    y0, y1, wy = axis(win[:, 0:1], win[:, 2:3], bnd[:, 0:1], bnd[:, 2:3],
+                      out_h)
+    x0, x1, wx = axis(win[:, 1:2], win[:, 3:4], bnd[:, 1:2], bnd[:, 3:4],
+                      out_w)
+    flat = torch.cat([img.reshape(-1) for img in images])
+    chan = torch.arange(channels, device=device, dtype=torch.float64)
+    base = (start[:, None] + plane[:, None] * chan).long()[:, :, None, None]
+    width = width.long()
+
+    def read(rows, cols):
+        index = base + (rows * width)[:, None, :, None] + cols[:, None, None]
+        return flat[index].float()
+
+    top = torch.lerp(read(y0, x0), read(y0, x1), wx[:, None, None])
+    bottom = torch.lerp(read(y1, x0), read(y1, x1), wx[:, None, None])
+    return torch.lerp(top, bottom, wy[:, None, :, None])
+
+
 def _is_byte_batch(inputs) -> bool:
-    """Whether ``inputs`` is a list of encoded files (1-D uint8 tensors)."""
+    """Whether ``inputs`` are encoded files: an :class:`EncodedImages` or
+    a list of 1-D uint8 tensors."""
+    if isinstance(inputs, EncodedImages):
+        return True
     return (isinstance(inputs, (list, tuple)) and len(inputs) > 0
             and all(
                 isinstance(x, torch.Tensor) and x.dim() == 1
@@ -149,12 +225,15 @@ def _is_byte_batch(inputs) -> bool:
 class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
     """``ClsDataPreprocessor`` that also decodes and augments JPEG bytes.
 
-    Given a batch of encoded files (a list of 1-D ``uint8`` tensors from
-    ``LoadImageBytes`` + ``PackImageBytes``, collated by mmengine's default
-    ``pseudo_collate``), it decodes them with
+    Given a batch of encoded files (an
+    :class:`~galddc_mm.datasets.EncodedImages` from ``LoadImageBytes`` +
+    ``PackImageBytes`` and :func:`~galddc_mm.datasets.encoded_collate`,
+    possibly decoded already in the loader's pin-memory thread; or a list
+    of 1-D ``uint8`` tensors from ``pseudo_collate``), it decodes them with
     ``torchvision.io.decode_jpeg(..., device=self.device)`` (nvJPEG,
     batched, on CUDA; libjpeg on the CPU, which is the fall-back and what
-    the tests run) and then, per image,
+    the tests run) and then, for the whole batch at once
+    (:func:`resample_bilinear`),
 
     * training: crops a box drawn as mmpretrain's ``RandomResizedCrop``
       (:func:`sample_crop_boxes`), resizes it to ``crop_size`` and flips
@@ -180,8 +259,10 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
     bytes. Keep ``to_rgb=True`` in a config whose val/test pipelines load
     with cv2 (BGR): it applies to those decoded images only.
 
-    Resizing: ``F.interpolate`` in float with ``align_corners=False``
-    (cv2's half-pixel centres). With the default ``antialias=False`` this
+    Resizing: bilinear in float with cv2's half-pixel centres (what
+    ``F.interpolate(align_corners=False)`` computes; the other
+    interpolations and ``antialias`` go through ``F.interpolate`` image by
+    image). With the default ``antialias=False`` this
     is cv2's ``INTER_LINEAR`` (which reads the 2x2 nearest pixels also
     when downscaling) up to cv2's 11-bit fixed-point weights and its
     rounding to ``uint8`` before normalisation: on test JPEGs the
@@ -222,6 +303,11 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
             ``'bicubic'``. Defaults to ``'bilinear'``.
         antialias (bool): Antialias when downscaling (not cv2's
             behaviour, see above). Defaults to False.
+        batched (bool): Resample the whole batch at once
+            (:func:`resample_bilinear`; bilinear without antialiasing
+            only, other settings go image by image). False resizes image
+            by image with ``F.interpolate``, the same numbers up to float
+            rounding, a few kernels per image. Defaults to True.
         mean, std, pad_size_divisor, pad_value, to_rgb, to_onehot,
             num_classes: As ``ClsDataPreprocessor``; ``to_rgb`` and the
             padding only for decoded (non-byte) inputs.
@@ -239,6 +325,7 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
                  eval_resize_edge: int = 256,
                  interpolation: str = 'bilinear',
                  antialias: bool = False,
+                 batched: bool = True,
                  mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None,
                  pad_size_divisor: int = 1,
@@ -285,6 +372,7 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
         self.eval_resize_edge = int(eval_resize_edge)
         self.interpolation = interpolation
         self.antialias = antialias
+        self.batched = bool(batched)
 
     # ------------------------------------------------------------------
     # randomness and geometry
@@ -324,6 +412,9 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
                names: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
         """Decode encoded files to ``(3, H, W)`` uint8 RGB on the device.
 
+        See :func:`~galddc_mm.datasets.encoded_images.decode_files` (nvJPEG
+        on CUDA, with a CPU fall-back per file).
+
         Args:
             data (list[torch.Tensor]): 1-D uint8 CPU tensors.
             names (Sequence[str], optional): File names, for errors.
@@ -331,38 +422,7 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
         Returns:
             list[torch.Tensor]: RGB images on ``self.device``.
         """
-        device = self.device
-        data = [x.cpu() for x in data]
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its image codecs for TorchCodec.
-            warnings.simplefilter('ignore', DeprecationWarning)
-            try:
-                return list(
-                    decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                pass  # one bad file fails the batch: decode one by one
-            images = []
-            for i, x in enumerate(data):
-                try:
-                    img = decode_jpeg(x, mode=ImageReadMode.RGB, device=device)
-                except RuntimeError:
-                    name = names[i] if names else f'image {i} of the batch'
-                    img = self._decode_cpu(x, name).to(device)
-                images.append(img)
-        return images
-
-    @staticmethod
-    def _decode_cpu(data: torch.Tensor, name: str) -> torch.Tensor:
-        """Any format torchvision or cv2 reads (CMYK JPEG, PNG, ...)."""
-        try:
-            return decode_image(data, mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass
-        img = cv2.imdecode(data.numpy(), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UnreadableImageError(
-                name, f'cannot be decoded ({data.numel()} bytes)')
-        return torch.from_numpy(img[..., ::-1].copy()).permute(2, 0, 1)
+        return decode_files(data, self.device, names)
 
     # ------------------------------------------------------------------
     # forward
@@ -383,11 +443,15 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
         if not _is_byte_batch(data['inputs']):
             return super().forward(data, training)
         samples = data.get('data_samples', None)
-        names = None
-        if samples is not None:
-            names = [s.get('img_path', f'sample {i}')
-                     for i, s in enumerate(samples)]
-        images = self.decode(list(data['inputs']), names)
+        if isinstance(data['inputs'], EncodedImages):
+            # Decoded in the loader's pin-memory thread already, or here.
+            images = data['inputs'].decode(self.device)
+        else:
+            names = None
+            if samples is not None:
+                names = [s.get('img_path', f'sample {i}')
+                         for i, s in enumerate(samples)]
+            images = self.decode(list(data['inputs']), names)
         inputs, metas = self._augment(images, training)
         if self._enable_normalize:
             inputs = (inputs - self.mean) / self.std
@@ -409,25 +473,41 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
             dict(ori_shape=tuple(s.tolist()), img_shape=self.crop_size)
             for s in sizes
         ]
+        batched = (self.batched and self.interpolation == 'bilinear'
+                   and not self.antialias)
         if training:
             gen = self.make_generator()
             boxes = sample_crop_boxes(sizes, self.scale, self.ratio,
-                                      self.max_attempts, gen).tolist()
-            flips = (torch.rand(len(images), generator=gen)
-                     < self.flip_prob).tolist()
-            crops = [
-                self._resize(img[:, y:y + h, x:x + w], (out_h, out_w))
-                for img, (y, x, h, w) in zip(images, boxes)
-            ]
-            inputs = torch.stack(crops)
-            if any(flips):
-                idx = torch.tensor(
-                    [i for i, f in enumerate(flips) if f],
-                    device=inputs.device)
-                inputs[idx] = inputs[idx].flip(-1)
-            for meta, flip in zip(metas, flips):
+                                      self.max_attempts, gen)
+            flips = torch.rand(len(images), generator=gen) < self.flip_prob
+            if batched:
+                windows = boxes.double()
+                # A flip is the window read right to left.
+                windows[flips, 1] += windows[flips, 3]
+                windows[flips, 3] *= -1
+                inputs = resample_bilinear(images, windows, boxes,
+                                           self.crop_size)
+            else:
+                inputs = torch.stack([
+                    self._resize(img[:, y:y + h, x:x + w], (out_h, out_w))
+                    for img, (y, x, h, w) in zip(images, boxes.tolist())
+                ])
+                if flips.any():
+                    idx = flips.nonzero()[:, 0].to(inputs.device)
+                    inputs[idx] = inputs[idx].flip(-1)
+            for meta, flip in zip(metas, flips.tolist()):
                 meta.update(flip=flip,
                             flip_direction='horizontal' if flip else None)
+        elif batched:
+            windows, bounds = [], []
+            for h, w in sizes.tolist():
+                new_h, new_w, top, left = center_resize_box(
+                    h, w, self.eval_resize_edge, self.crop_size)
+                sy, sx = h / new_h, w / new_w
+                windows.append((top * sy, left * sx, out_h * sy, out_w * sx))
+                bounds.append((0, 0, h, w))
+            inputs = resample_bilinear(images, torch.tensor(windows),
+                                       torch.tensor(bounds), self.crop_size)
         else:
             crops = []
             for img in images:
