@@ -39,6 +39,17 @@ def _decode_cpu(data: torch.Tensor, name: str) -> torch.Tensor:
     return torch.from_numpy(img[..., ::-1].copy()).permute(2, 0, 1)
 
 
+def _indexed(device) -> torch.device:
+    """``cuda`` as ``cuda:<current>``: torchvision keeps one nvJPEG decoder
+    and builds it anew whenever the device it is asked for compares
+    unequal (``cuda`` != ``cuda:0``), which costs more than the decoding
+    when two threads alternate."""
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    return device
+
+
 def decode_files(files: Sequence[torch.Tensor],
                  device: torch.device,
                  names: Optional[Sequence[str]] = None
@@ -66,6 +77,7 @@ def decode_files(files: Sequence[torch.Tensor],
     # codecs with a DeprecationWarning, hidden by Python's default
     # filters): it swaps process-wide state, and this runs in the
     # DataLoader's pin-memory thread beside the training thread.
+    device = _indexed(device)
     files = [x.cpu() for x in files]
     try:
         return list(decode_jpeg(files, mode=ImageReadMode.RGB, device=device))
@@ -127,7 +139,7 @@ class EncodedImages:
     def decode(self, device: torch.device) -> List[torch.Tensor]:
         """The images decoded on ``device`` (once; later calls reuse
         them)."""
-        device = torch.device(device)
+        device = _indexed(device)
         if self.images is None or self.images[0].device != device:
             self.images = decode_files(self.files(), device, self.names)
         return self.images

@@ -338,8 +338,11 @@ class TestGPUDecode(TestCase):
         self.assertIsNotNone(images)
         self.assertTrue(all(img.is_cuda for img in images))
         self.assertTrue(batch['inputs'].data.is_pinned())
-        pp = MODELS.build(DEFAULT_ARGS).cuda()
+        # 'cuda', not 'cuda:0': the loader's images are used as they are
+        # (a re-decode here also rebuilt torchvision's nvJPEG decoder).
+        pp = MODELS.build(DEFAULT_ARGS).to('cuda')
         ahead = pp(batch, False)['inputs']
+        self.assertIs(batch['inputs'].images, images)
         here = pp(next(iter(self._loader(
             BYTES_PIPELINE, collate_fn=dict(type='encoded_collate',
                                             decode_in_loader=False)))),
