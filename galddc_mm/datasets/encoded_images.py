@@ -15,7 +15,7 @@ decoded with nvJPEG, so decoding overlaps the training step instead of
 sitting between two steps. ``GPUDecodeClsDataPreprocessor`` then crops
 the decoded images (or decodes them itself where the loader did not).
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import torch
@@ -50,34 +50,14 @@ def _indexed(device) -> torch.device:
     return device
 
 
-def decode_files(files: Sequence[torch.Tensor],
-                 device: torch.device,
-                 names: Optional[Sequence[str]] = None
-                 ) -> List[torch.Tensor]:
-    """Decode encoded files to ``(3, H, W)`` uint8 RGB on ``device``.
-
-    ``torchvision.io.decode_jpeg`` on the whole batch (nvJPEG, batched, on
-    CUDA; libjpeg on the CPU). A file nvJPEG cannot decode (CMYK or other
-    unusual JPEGs, a PNG named ``.JPEG`` such as one ImageNet training
-    image) makes the batched call fail as a whole; the batch is then
-    decoded image by image and each file that fails on the device is
-    decoded on the CPU (``decode_image``, then cv2) and moved to the
-    device. A file nothing decodes raises
-    :class:`~galddc_mm.datasets.UnreadableImageError` naming it.
-
-    Args:
-        files (Sequence[torch.Tensor]): 1-D uint8 CPU tensors.
-        device (torch.device): Where to decode.
-        names (Sequence[str], optional): File names, for errors.
-
-    Returns:
-        list[torch.Tensor]: RGB images on ``device``.
-    """
+def _decode(files: Sequence[torch.Tensor], device: torch.device,
+            names: Optional[Sequence[str]]) -> List[torch.Tensor]:
+    """``decode_jpeg`` of a batch, with the fall-backs of
+    :func:`decode_files`, on the current stream."""
     # No warnings.catch_warnings here (torchvision 0.29 deprecates its
     # codecs with a DeprecationWarning, hidden by Python's default
     # filters): it swaps process-wide state, and this runs in the
     # DataLoader's pin-memory thread beside the training thread.
-    device = _indexed(device)
     files = [x.cpu() for x in files]
     try:
         return list(decode_jpeg(files, mode=ImageReadMode.RGB, device=device))
@@ -92,6 +72,85 @@ def decode_files(files: Sequence[torch.Tensor],
             img = _decode_cpu(x, name).to(device)
         images.append(img)
     return images
+
+
+#: One decoding stream per CUDA device, shared by the threads that decode.
+_DECODE_STREAMS: Dict[int, torch.cuda.Stream] = {}
+
+
+def decode_files_async(
+    files: Sequence[torch.Tensor],
+    device: torch.device,
+    names: Optional[Sequence[str]] = None
+) -> Tuple[List[torch.Tensor], Optional[torch.cuda.Event]]:
+    """:func:`decode_files` on a stream of its own, without waiting.
+
+    On CUDA the images are allocated and written on a decoding stream,
+    never on the training's: nvJPEG writes them from a stream of its own
+    as soon as they are allocated, and memory the training stream has
+    just freed may still be read by its queued kernels (in the
+    pin-memory thread, the training runs on meanwhile). Blocks of the
+    decoding stream hold only decoded images, which their users mark with
+    ``record_stream`` (:func:`ready_on_current_stream`).
+
+    Returns:
+        tuple: The images and the event after which they are ready (None
+        on the CPU). Pass both to :func:`ready_on_current_stream` before
+        using the images.
+    """
+    device = _indexed(device)
+    if device.type != 'cuda':
+        return _decode(files, device, names), None
+    stream = _DECODE_STREAMS.get(device.index)
+    if stream is None:
+        stream = _DECODE_STREAMS.setdefault(device.index,
+                                            torch.cuda.Stream(device))
+    with torch.cuda.stream(stream):
+        images = _decode(files, device, names)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+    return images, ready
+
+
+def ready_on_current_stream(
+        images: List[torch.Tensor],
+        ready: Optional[torch.cuda.Event]) -> List[torch.Tensor]:
+    """Make the current stream wait for decoded images, and mark them used
+    there (so their memory is not reused before the stream is done)."""
+    if ready is not None and images:
+        current = torch.cuda.current_stream(images[0].device)
+        current.wait_event(ready)
+        for img in images:
+            img.record_stream(current)
+    return images
+
+
+def decode_files(files: Sequence[torch.Tensor],
+                 device: torch.device,
+                 names: Optional[Sequence[str]] = None
+                 ) -> List[torch.Tensor]:
+    """Decode encoded files to ``(3, H, W)`` uint8 RGB on ``device``.
+
+    ``torchvision.io.decode_jpeg`` on the whole batch (nvJPEG, batched, on
+    CUDA, on a stream of its own: :func:`decode_files_async`; libjpeg on
+    the CPU). A file nvJPEG cannot decode (CMYK or other unusual JPEGs, a
+    PNG named ``.JPEG`` such as one ImageNet training image) makes the
+    batched call fail as a whole; the batch is then decoded image by image
+    and each file that fails on the device is decoded on the CPU
+    (``decode_image``, then cv2) and moved to the device. A file nothing
+    decodes raises :class:`~galddc_mm.datasets.UnreadableImageError`
+    naming it.
+
+    Args:
+        files (Sequence[torch.Tensor]): 1-D uint8 CPU tensors.
+        device (torch.device): Where to decode.
+        names (Sequence[str], optional): File names, for errors.
+
+    Returns:
+        list[torch.Tensor]: RGB images on ``device``, ready for the
+        current stream.
+    """
+    return ready_on_current_stream(*decode_files_async(files, device, names))
 
 
 class EncodedImages:
@@ -120,8 +179,10 @@ class EncodedImages:
         self.lengths = lengths
         self.names = names
         self.decode_in_loader = decode_in_loader
-        #: The decoded images, once :meth:`decode` ran.
+        #: The decoded images, once :meth:`decode` or :meth:`pin_memory`
+        #: ran.
         self.images: Optional[List[torch.Tensor]] = None
+        self._ready = None  # their event, until first used
 
     def __len__(self) -> int:
         return self.lengths.numel()
@@ -137,22 +198,29 @@ class EncodedImages:
         return list(torch.split(self.data, self.lengths.tolist()))
 
     def decode(self, device: torch.device) -> List[torch.Tensor]:
-        """The images decoded on ``device`` (once; later calls reuse
-        them)."""
+        """The images decoded on ``device``, ready for the current stream
+        (decoded once; later calls reuse them)."""
         device = _indexed(device)
         if self.images is None or self.images[0].device != device:
-            self.images = decode_files(self.files(), device, self.names)
+            self.images, self._ready = decode_files_async(
+                self.files(), device, self.names)
+        if self._ready is not None:
+            ready_on_current_stream(self.images, self._ready)
+            self._ready = None
         return self.images
 
     def pin_memory(self, device=None) -> 'EncodedImages':
         """Pin the buffer; on CUDA, decode there too (see the module).
 
         The DataLoader calls this in its pin-memory thread, which has the
-        training process's current CUDA device set.
+        training process's current CUDA device set. The decoding is only
+        queued there (:func:`decode_files_async`); :meth:`decode`, in the
+        training thread, makes its stream wait for it.
         """
         self.data = self.data.pin_memory()
         if self.decode_in_loader and torch.cuda.is_available():
-            self.decode(torch.device('cuda', torch.cuda.current_device()))
+            self.images, self._ready = decode_files_async(
+                self.files(), _indexed('cuda'), self.names)
         return self
 
 
