@@ -87,10 +87,11 @@ class PackImageBytes(PackInputs):
     - data_samples (DataSample): As ``PackInputs`` (``gt_label``,
       ``sample_idx``, ``img_path``, ...).
 
-    The default collate of mmengine (``pseudo_collate``) keeps the
-    variable-length byte tensors of a batch as a list, which is what
-    :class:`~galddc_mm.models.GPUDecodeClsDataPreprocessor` decodes;
-    ``default_collate`` would try to stack them and fails.
+    Collate with :func:`~galddc_mm.datasets.encoded_collate` (one
+    buffer per batch, decoded in the loader's pin-memory thread; what the
+    GPU-decode configs set) or mmengine's ``pseudo_collate`` (a list of
+    the files); :class:`~galddc_mm.models.GPUDecodeClsDataPreprocessor`
+    takes either. ``default_collate`` would try to stack them and fails.
 
     Args:
         input_key (str): The key of the bytes. Defaults to ``'img_bytes'``.
