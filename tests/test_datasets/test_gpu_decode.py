@@ -38,7 +38,11 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 import galddc_mm  # noqa: F401
-from galddc_mm.datasets import EncodedImages, UnreadableImageError
+from galddc_mm.datasets import (
+    EncodedImages,
+    UnreadableImageError,
+    encoded_collate,
+)
 from galddc_mm.models import (
     GPUDecodeClsDataPreprocessor,
     center_resize_box,
@@ -319,6 +323,39 @@ class TestGPUDecode(TestCase):
             self.assertEqual(
                 [s.ori_shape for s in out['data_samples']],
                 [s.ori_shape for s in ref['data_samples']])
+
+    def _encoded_with_a_bad_file(self, tmp):
+        bad = osp.join(tmp, 'bad.JPEG')
+        with open(bad, 'wb') as f:
+            f.write(b'\xff\xd8\xff' + b'\x00' * 100)
+        pipeline = Compose([TRANSFORMS.build(t) for t in BYTES_PIPELINE])
+        return encoded_collate([
+            pipeline(dict(img_path=path, gt_label=0))
+            for path in (self.paths[0], bad)
+        ])
+
+    def test_encoded_batch_names_an_undecodable_file(self):
+        tmp = tempfile.mkdtemp()
+        try:
+            batch = self._encoded_with_a_bad_file(tmp)
+            with self.assertRaisesRegex(UnreadableImageError, 'bad.JPEG'):
+                MODELS.build(DEFAULT_ARGS)(batch, False)
+        finally:
+            shutil.rmtree(tmp)
+
+    @unittest.skipUnless(torch.cuda.is_available(), 'needs a CUDA device')
+    def test_pin_memory_leaves_a_bad_batch_to_the_preprocessor(self):
+        # A failure in the loader's pin-memory thread would come back as a
+        # RuntimeError; the preprocessor decodes again and names the file.
+        tmp = tempfile.mkdtemp()
+        try:
+            batch = self._encoded_with_a_bad_file(tmp)
+            batch['inputs'].pin_memory()
+            self.assertIsNone(batch['inputs'].images)
+            with self.assertRaisesRegex(UnreadableImageError, 'bad.JPEG'):
+                MODELS.build(DEFAULT_ARGS).to('cuda')(batch, False)
+        finally:
+            shutil.rmtree(tmp)
 
     def test_encoded_collate_errors(self):
         with self.assertRaisesRegex(TypeError, 'encoded_collate'):
