@@ -26,6 +26,19 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from .transforms.checked_loading import UnreadableImageError
 
 
+def is_encoded_file(x) -> bool:
+    """Whether ``x`` is an encoded file: a 1-D uint8 tensor."""
+    return (isinstance(x, torch.Tensor) and x.dim() == 1
+            and x.dtype == torch.uint8)
+
+
+def sample_names(samples) -> Optional[List[str]]:
+    """The files of a batch's data samples, for errors (None without)."""
+    if samples is None:
+        return None
+    return [s.get('img_path', f'sample {i}') for i, s in enumerate(samples)]
+
+
 def _decode_cpu(data: torch.Tensor, name: str) -> torch.Tensor:
     """Any format torchvision or cv2 reads (CMYK JPEG, PNG, ...)."""
     try:
@@ -304,8 +317,7 @@ def encoded_collate(data_batch: Sequence[dict],
     """
     files = [sample['inputs'] for sample in data_batch]
     for x in files:
-        if not (isinstance(x, torch.Tensor) and x.dim() == 1
-                and x.dtype == torch.uint8):
+        if not is_encoded_file(x):
             raise TypeError(
                 'encoded_collate collates encoded files (1-D uint8 '
                 'tensors from LoadImageBytes + PackImageBytes), got '
@@ -315,14 +327,9 @@ def encoded_collate(data_batch: Sequence[dict],
     rest = pseudo_collate([{k: v
                             for k, v in sample.items() if k != 'inputs'}
                            for sample in data_batch])
-    samples = rest.get('data_samples')
-    names = None
-    if samples is not None:
-        names = [s.get('img_path', f'sample {i}')
-                 for i, s in enumerate(samples)]
     rest['inputs'] = EncodedImages(
         torch.cat(files),
         torch.tensor([x.numel() for x in files], dtype=torch.int64),
-        names=names,
+        names=sample_names(rest.get('data_samples')),
         decode_in_loader=decode_in_loader)
     return rest

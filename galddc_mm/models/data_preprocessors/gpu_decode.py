@@ -23,7 +23,12 @@ from mmpretrain.structures import (
     tensor_split,
 )
 
-from galddc_mm.datasets.encoded_images import EncodedImages, decode_files
+from galddc_mm.datasets.encoded_images import (
+    EncodedImages,
+    decode_files,
+    is_encoded_file,
+    sample_names,
+)
 
 from .crop_geometry import (
     center_resize_box,
@@ -48,9 +53,7 @@ def _is_byte_batch(inputs) -> bool:
     if isinstance(inputs, EncodedImages):
         return True
     return (isinstance(inputs, (list, tuple)) and len(inputs) > 0
-            and all(
-                isinstance(x, torch.Tensor) and x.dim() == 1
-                and x.dtype == torch.uint8 for x in inputs))
+            and all(is_encoded_file(x) for x in inputs))
 
 
 @MODELS.register_module()
@@ -279,11 +282,7 @@ class GPUDecodeClsDataPreprocessor(ClsDataPreprocessor):
             # Decoded in the loader's pin-memory thread already, or here.
             images = data['inputs'].decode(self.device)
         else:
-            names = None
-            if samples is not None:
-                names = [s.get('img_path', f'sample {i}')
-                         for i, s in enumerate(samples)]
-            images = self.decode(list(data['inputs']), names)
+            images = self.decode(list(data['inputs']), sample_names(samples))
         inputs, metas = self._augment(images, training)
         if self._enable_normalize:
             inputs = (inputs - self.mean) / self.std
