@@ -180,7 +180,8 @@ class BenchmarkContext:
         ``variant`` is ``'+'``-joined flags: ``sf`` swaps the head loss
         for ``LabelSmoothCELoss``, ``fused`` gives the diffusion part a
         fused AdamW, ``graphstep`` turns on ``model.cuda_graph_step``
-        (``bank``, the pseudo-latent bank, is filled by the benchmark).
+        (``bank``, the pseudo-latent bank, is filled by the benchmark),
+        ``unfolded`` turns off ``model.fold_frozen_bn``.
         """
         flags = set((variant or '').split('+'))
         cfg = self._model_cfg(self.galddc_cfg)
@@ -188,6 +189,8 @@ class BenchmarkContext:
             cfg['pseudo_sampling'] = dict(pseudo_sampling)
         if 'graphstep' in flags:
             cfg['cuda_graph_step'] = True
+        if 'unfolded' in flags:
+            cfg['fold_frozen_bn'] = False
         if 'sf' in flags:
             eps = cfg['head']['loss'].get('label_smooth_val', 0.1)
             cfg['head']['loss'] = dict(

@@ -9,7 +9,7 @@
 * :func:`bench_preprocess`: the data preprocessor on pageable vs pinned
   batches;
 * :func:`bench_frozen_encoder`: E^(0) under ``no_grad`` vs
-  ``inference_mode``.
+  ``inference_mode``, and with its BatchNorms folded (``fold_frozen_bn``).
 """
 import math
 import time
@@ -30,7 +30,8 @@ from .timing import count_syncs, profile, time_loop
 # 'bank': stage 3 takes its pseudo-latents from a bank drawn before the
 #         timed steps (model.pseudo_bank, as the recipes train), the bank's
 #         time reported per step;
-# 'graphstep': model.cuda_graph_step=True (cached-latent stages).
+# 'graphstep': model.cuda_graph_step=True (cached-latent stages);
+# 'unfolded': model.fold_frozen_bn=False (the recipe folds E^(0)'s BNs).
 TRAIN_BENCHES = {
     'baseline': (None, None, 'images', None, None),
     'baseline_ls': (None, None, 'images', None, 'ls'),
@@ -59,6 +60,10 @@ TRAIN_BENCHES = {
                                dict(cuda_graph=True), 'sf'),
     'stage3_hybrid_bank_sf': ('finetune', 'hybrid', 'images', None,
                               'sf+bank'),
+    'stage3_hybrid_bank_sf_unfolded': ('finetune', 'hybrid', 'images', None,
+                                       'sf+bank+unfolded'),
+    'stage2_images_unfolded': ('diffusion', None, 'images', None,
+                               'unfolded'),
 }
 
 
@@ -212,7 +217,11 @@ def bench_preprocess(ctx):
 
 
 def bench_frozen_encoder(ctx):
-    """E^(0)(x) under no_grad (the model's way) vs inference_mode."""
+    """E^(0)(x): unfolded under no_grad and inference_mode, and folded.
+
+    ``folded`` is the model's way in the recipe (``fold_frozen_bn``); the
+    folded copy is built in the warm-up.
+    """
     ctx.reset()
     model, _ = ctx.build_galddc('finetune', 'hybrid')
     batch = ctx.image_batches(1)(0)
@@ -223,16 +232,21 @@ def bench_frozen_encoder(ctx):
         inputs = inputs.contiguous(memory_format=torch.channels_last)
 
     def no_grad(_):
-        with ctx.autocast():
-            internals.encode_frozen(model, inputs)
+        with ctx.autocast(), torch.no_grad():
+            internals.frozen_encoder_forward(model, inputs)
 
     def inference_mode(_):
         with ctx.autocast(), torch.inference_mode():
             feats = internals.frozen_encoder_forward(model, inputs)
         return feats
 
+    def folded(_):
+        with ctx.autocast():
+            internals.encode_frozen(model, inputs)
+
     for label, fn in (('no_grad', no_grad),
-                      ('inference_mode', inference_mode)):
+                      ('inference_mode', inference_mode),
+                      ('folded', folded)):
         seconds, _ = time_loop(ctx, fn, lambda i: None, ctx.args.warmup,
                                ctx.args.iters)
         ctx.record(

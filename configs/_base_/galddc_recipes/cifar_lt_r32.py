@@ -6,8 +6,10 @@
 _base_ = ['../galddc_default.py']
 
 model = dict(
-    # GPU recipe: channels-last weights and batches (cuDNN's fast kernels).
+    # GPU recipe: channels-last weights and batches (cuDNN's fast kernels),
+    # and E^(0) with its BatchNorms folded into its convolutions.
     channels_last=True,
+    fold_frozen_bn=True,
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
     # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
     # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).

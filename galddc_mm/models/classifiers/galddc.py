@@ -13,6 +13,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from mmpretrain.utils import get_ori_model
 
+from .folded_encoder import FoldedEncoderCache
 from .graphed_step import GraphedTrainStep
 from .stages import (
     DIFFUSION,
@@ -114,6 +115,13 @@ class GALDDCClassifier(ImageClassifier):
             cuDNN's fast convolution kernels (bf16/fp16 tensor cores) want.
             Same numbers up to float rounding; on by default in the GPU
             recipes. Defaults to False.
+        fold_frozen_bn (bool): Run E^(0) through a copy whose eval-mode
+            BatchNorms are folded into the convolutions before them
+            (:class:`FoldedEncoderCache`): the same affine maps, one pass
+            over the activations less per BatchNorm, so the same latents up
+            to float rounding. The copy is rebuilt whenever E^(0) changes;
+            an encoder ``torch.fx`` cannot trace runs unfolded (said once in
+            the log). On in the GPU recipes. Defaults to False.
         cuda_graph_step (bool): Replay the train step of the cached-latent
             stages (diffusion, stable finetune) as one CUDA graph once its
             setting is steady (:class:`GraphedTrainStep`): the inputs and
@@ -147,6 +155,7 @@ class GALDDCClassifier(ImageClassifier):
                  pseudo_bank: bool = False,
                  pseudo_bank_chunk: int = 8192,
                  channels_last: bool = False,
+                 fold_frozen_bn: bool = False,
                  cuda_graph_step: bool = False,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
@@ -229,6 +238,8 @@ class GALDDCClassifier(ImageClassifier):
         self.frozen_encoder.requires_grad_(False)
         self.channels_last = bool(channels_last)
         self._apply_layout()
+        self._folded_frozen = (FoldedEncoderCache()
+                               if fold_frozen_bn else None)
         self._graphed_step = (GraphedTrainStep()
                               if cuda_graph_step else None)
 
@@ -405,6 +416,10 @@ class GALDDCClassifier(ImageClassifier):
     def encode_frozen(self, inputs: torch.Tensor) -> torch.Tensor:
         """E^(0)(x), the frozen anchor's latent, as a (B, D) tensor."""
         inputs = self._layout(inputs)
+        if self._folded_frozen is not None:
+            return self._folded_frozen.forward(self.frozen_encoder['backbone'],
+                                               self.frozen_encoder['neck'],
+                                               inputs)
         feats = self.frozen_encoder['neck'](
             self.frozen_encoder['backbone'](inputs))
         return feats[-1] if isinstance(feats, (tuple, list)) else feats
