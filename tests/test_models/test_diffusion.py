@@ -430,6 +430,61 @@ class TestResMLPDenoiser(TestCase):
         emb_grad = model.class_embed.weight.grad
         self.assertTrue((emb_grad.abs().sum(1) > 0).all())
 
+    def _trained_looking(self, latent_dim=5):
+        """Non-zero blocks, so the FiLM conditioning changes the output."""
+        torch.manual_seed(0)
+        model = MODELS.build({**self.DEFAULT_ARGS, 'latent_dim': latent_dim})
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.5)
+        return model.eval()
+
+    def test_shared_timestep_is_the_same_function(self):
+        model = self._trained_looking()
+        film_rows = []
+        model.blocks[0].cond.register_forward_hook(
+            lambda m, i, o: film_rows.append(i[0].shape[0]))
+        g = torch.Generator().manual_seed(1)
+        # 3 rows (< K + 1 = 4 classes): per row; 11 rows: per class.
+        for batch, rows in ((3, 3), (11, 4)):
+            z = torch.randn(batch, 5, generator=g)
+            labels = torch.randint(0, 4, (batch, ), generator=g)
+            for t in (0, 417, 999):
+                film_rows.clear()
+                with torch.no_grad():
+                    shared = model(z, torch.tensor(t), labels)
+                    self.assertEqual(film_rows, [rows])
+                    per_row = model(z, torch.full((batch, ), t), labels)
+                torch.testing.assert_close(
+                    shared, per_row, rtol=1e-5, atol=1e-5)
+                self.assertGreater(
+                    (per_row - model(z, torch.full((batch, ), t + 1),
+                                     labels)).abs().max(), 1e-3)
+
+    def test_sampler_passes_one_timestep_to_a_denoiser_that_takes_it(self):
+        model = self._trained_looking(latent_dim=4)
+        schedule = NoiseSchedule(100)
+        t_shapes = []
+        model.register_forward_pre_hook(
+            lambda m, args: t_shapes.append(tuple(args[1].shape)))
+        labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+        z_T = torch.randn(7, 4, generator=torch.Generator().manual_seed(2))
+        for scale in (1.0, 2.0):
+            sampler = DDIMSampler(num_steps=5, guidance_scale=scale)
+            t_shapes.clear()
+            with torch.no_grad():
+                shared = sampler.sample(model, schedule, labels, 4,
+                                        null_label=3, z_T=z_T)
+                self.assertEqual(t_shapes, [()] * 5)
+                # A plain function has no `accepts_shared_timestep`.
+                t_shapes.clear()
+                per_row = sampler.sample(lambda z, t, y: model(z, t, y),
+                                         schedule, labels, 4, null_label=3,
+                                         z_T=z_T)
+            rows = 7 if scale == 1.0 else 14
+            self.assertEqual(t_shapes, [(rows, )] * 5)
+            torch.testing.assert_close(shared, per_row, rtol=1e-4, atol=1e-4)
+
     def test_invalid_input(self):
         model = MODELS.build({**self.DEFAULT_ARGS, 'latent_dim': 5})
         z, t = torch.randn(2, 5), torch.tensor([1, 2])

@@ -86,15 +86,18 @@ class TestBenchmarkTool(TestCase):
             'stage3_stable_images', 'stage3_hybrid',
             'stage2_cached_fused_graphstep', 'stage3_stable_cached_bank_sf',
             'stage3_stable_cached_bank_graphstep_sf', 'stage3_hybrid_bank_sf',
+            'stage3_hybrid_bank_sf_unfolded', 'stage2_images_unfolded',
             'baseline@none_nchw', 'baseline@none_channels_last',
             'preprocess@pageable', 'frozen_encoder@no_grad',
-            'frozen_encoder@inference_mode', 'geometry@eager',
+            'frozen_encoder@inference_mode', 'frozen_encoder@folded',
+            'geometry@eager',
             'geometry@loop'
         ]
         for dim in (16, 64):
             expected += [
                 f'sampler_d{dim}@ancestral_100',
-                f'sampler_d{dim}@ddim_25_step_api'
+                f'sampler_d{dim}@ddim_25_step_api',
+                f'sampler_d{dim}@ddim_25_per_row_t'
             ] + [f'sampler_d{dim}@ddim_{s}' for s in (10, 25, 50)]
         for name in expected:
             self.assertIn(name, results)

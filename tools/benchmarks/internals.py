@@ -146,6 +146,21 @@ def sample(head, labels: torch.Tensor, num_steps: int,
     return head.sample(labels, num_steps=num_steps)
 
 
+def sample_per_row_t(head, labels: torch.Tensor,
+                     num_steps: int) -> torch.Tensor:
+    """DDIM sampling with a ``(B, )`` timestep per call, not a shared one.
+
+    What the sampler did before ``ResMLPDenoiser.accepts_shared_timestep``:
+    the conditioning computed for every row.
+    """
+    denoiser = head._sampling_denoiser(labels.device)
+    denoiser.accepts_shared_timestep = False
+    try:
+        return head.sample(labels, num_steps=num_steps)
+    finally:
+        del denoiser.accepts_shared_timestep
+
+
 def ddim_chain(head, num_steps: int) -> list:
     """The descending DDIM timesteps of ``num_steps`` steps."""
     return head.sampler.timesteps(head.schedule.num_timesteps,

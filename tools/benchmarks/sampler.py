@@ -5,8 +5,9 @@
 64 with ``--tiny``), the T-step ancestral (DDPM) chain of
 :func:`ancestral_sample`, the DDIM chain of 10/25/50 steps through the
 head's fast path, the 25-step chain through the sampler's public ``step``
-(the loop before the fast path), and on CUDA the DDIM chains captured as
-CUDA graphs.
+(the loop before the fast path), the 25-step chain with the denoiser's
+conditioning computed per row (``ddim_25_per_row_t``, before the shared
+timestep), and on CUDA the DDIM chains captured as CUDA graphs.
 """
 import copy
 
@@ -117,6 +118,9 @@ def sampler_cases(ctx, head, labels):
         cases.append(
             (f'ddim_{steps}',
              lambda _, s=steps: internals.sample(head, labels, s), 2, 10))
+    cases.append(('ddim_25_per_row_t',
+                  lambda _: internals.sample_per_row_t(head, labels, 25), 2,
+                  10))
     if ctx.cuda:
         for steps in DDIM_STEPS:
             cases.append((f'ddim_{steps}_graph',

@@ -267,7 +267,8 @@ class DDIMSampler(nn.Module):
 
         Args:
             denoise_fn (callable): ``denoise_fn(z_t, t, labels) -> eps``
-                with ``t`` a ``(B, )`` long tensor.
+                with ``t`` a ``(B, )`` long tensor, or a 0-d one when
+                ``denoise_fn.accepts_shared_timestep`` is true.
             schedule (NoiseSchedule): The training noise schedule.
             labels (Tensor): Class of each sample, shape ``(B, )``; sets the
                 device.
@@ -322,20 +323,20 @@ class DDIMSampler(nn.Module):
 
         chain = self.timesteps(schedule.num_timesteps, num_steps).tolist()
         coefs = self.host_coefficients(schedule, chain, eta)
+        # Every row is at the same timestep: a denoiser that says it can
+        # use that (`accepts_shared_timestep`) gets one 0-d t.
+        shared_t = getattr(denoise_fn, 'accepts_shared_timestep', False)
+        rows = 2 * batch if guided else batch
         for i, t in enumerate(chain):
+            t_in = torch.full(() if shared_t else (rows, ),
+                              t,
+                              dtype=torch.long,
+                              device=device)
             if guided:
-                t_in = torch.full((2 * batch, ),
-                                  t,
-                                  dtype=torch.long,
-                                  device=device)
                 eps_c, eps_u = denoise_fn(torch.cat([z, z]), t_in,
                                           labels_in).chunk(2)
                 eps = eps_u + scale * (eps_c - eps_u)
             else:
-                t_in = torch.full((batch, ),
-                                  t,
-                                  dtype=torch.long,
-                                  device=device)
                 eps = denoise_fn(z, t_in, labels)
             noise = None
             if eta > 0:

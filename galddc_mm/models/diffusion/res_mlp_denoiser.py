@@ -52,9 +52,17 @@ class _ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden_dim, hidden_dim)
 
+    def film(self, cond: Tensor) -> Tensor:
+        """``[gamma(c), beta(c)]`` concatenated, ``(N, 2 * hidden_dim)``."""
+        return self.cond(F.silu(cond))
+
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return self.forward_film(x, self.film(cond))
+
+    def forward_film(self, x: Tensor, film: Tensor) -> Tensor:
+        """The block with its FiLM parameters given, one row per row of x."""
         h = self.fc1(F.silu(self.norm1(x)))
-        scale, shift = self.cond(F.silu(cond)).chunk(2, dim=-1)
+        scale, shift = film.chunk(2, dim=-1)
         h = self.norm2(h) * (1 + scale) + shift
         return x + self.fc2(self.dropout(F.silu(h)))
 
@@ -96,6 +104,9 @@ class ResMLPDenoiser(BaseModule):
     # ~0 (loss ~1 on unit-variance noise), but non-zero, so gradients reach
     # the blocks at the very first step.
     OUT_INIT_STD = 1e-3
+
+    #: :class:`DDIMSampler` may pass one 0-d timestep for the whole batch.
+    accepts_shared_timestep = True
 
     def __init__(self,
                  latent_dim: int,
@@ -169,10 +180,14 @@ class ResMLPDenoiser(BaseModule):
                 f'`z_t` must have shape (B, {self.latent_dim}), got '
                 f'{tuple(z_t.shape)}.')
         batch = z_t.size(0)
+        if t.dim() != 0 and t.shape != (batch, ):
+            raise ValueError(f'`t` must have shape ({batch}, ) to match '
+                             '`z_t`, or be 0-d (one timestep for the whole '
+                             f'batch), got {tuple(t.shape)}.')
+        if labels.shape != (batch, ):
+            raise ValueError(f'`labels` must have shape ({batch}, ) to '
+                             f'match `z_t`, got {tuple(labels.shape)}.')
         for name, value in (('t', t), ('labels', labels)):
-            if value.shape != (batch, ):
-                raise ValueError(f'`{name}` must have shape ({batch}, ) to '
-                                 f'match `z_t`, got {tuple(value.shape)}.')
             if value.is_floating_point():
                 raise TypeError(f'`{name}` must be an integer tensor, got '
                                 f'{value.dtype}.')
@@ -190,9 +205,19 @@ class ResMLPDenoiser(BaseModule):
     def forward(self, z_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         """Predict the noise in ``z_t``.
 
+        With one timestep for the whole batch (a 0-d ``t``, what the DDIM
+        sampler passes, see :attr:`accepts_shared_timestep`), the time
+        embedding is computed once; and when the batch has more rows than
+        there are classes (``K + 1`` with the null class), every block's
+        FiLM parameters are computed once per class and gathered by label,
+        so the conditioning's matrix products run on ``K + 1`` rows instead
+        of ``B``. Same function, fewer operations: the pseudo-latent bank
+        samples 8,192 latents per call for ``K = 1000``.
+
         Args:
             z_t (Tensor): Noisy standardised latents, shape ``(B, D)``.
-            t (Tensor): Integer timesteps, shape ``(B, )``.
+            t (Tensor): Integer timesteps, shape ``(B, )``, or one 0-d
+                timestep shared by the batch.
             labels (Tensor): Class labels in ``[0, K)``, or
                 :attr:`null_class` for "unconditional", shape ``(B, )``.
 
@@ -200,9 +225,20 @@ class ResMLPDenoiser(BaseModule):
             Tensor: Predicted noise, shape ``(B, D)``.
         """
         self._check_inputs(z_t, t, labels)
-        cond = self.time_mlp(timestep_embedding(t, self.freqs))
-        cond = cond + self.class_embed(labels)
+        index = None
+        if t.dim() == 0:
+            cond = self.time_mlp(
+                timestep_embedding(t.reshape(1), self.freqs))
+            if labels.size(0) > self.class_embed.num_embeddings:
+                cond = cond + self.class_embed.weight
+                index = labels
+            else:
+                cond = cond + self.class_embed(labels)
+        else:
+            cond = self.time_mlp(timestep_embedding(t, self.freqs))
+            cond = cond + self.class_embed(labels)
         h = self.in_proj(z_t)
         for block in self.blocks:
-            h = block(h, cond)
+            film = block.film(cond)
+            h = block.forward_film(h, film if index is None else film[index])
         return self.out_proj(F.silu(self.out_norm(h)))
