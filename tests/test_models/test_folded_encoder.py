@@ -1,6 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """E^(0) with folded BatchNorms equals E^(0) as it is (``fold_frozen_bn``)."""
 import copy
+import unittest
 from unittest import TestCase
 
 import torch
@@ -118,6 +119,31 @@ class TestFoldBatchNorms(TestCase):
     def test_a_training_bn_is_not_folded(self):
         conv_bn = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5))
         self.assertEqual(fold_batch_norms(conv_bn)[1], 0)
+
+    @unittest.skipUnless(torch.cuda.is_available(), 'needs CUDA')
+    def test_resnet50_bf16_channels_last_on_cuda(self):
+        # The recipe's setting: folded weights are cast to bf16 by autocast
+        # as the unfolded ones are; the two differ by bf16 rounding only.
+        torch.manual_seed(0)
+        model = _scramble_batch_norms(
+            MODELS.build(dict(type='ResNet', depth=50)))
+        model.eval()
+        model.cuda().to(memory_format=torch.channels_last)
+        folded, count = fold_batch_norms(model)
+        self.assertEqual(count, 53)
+        x = torch.randn(4, 3, 64, 64, device='cuda').contiguous(
+            memory_format=torch.channels_last)
+        with torch.no_grad():
+            exact = model(x)[-1]  # fp32, unfolded
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                plain, got = model(x)[-1].float(), folded(x)[-1].float()
+
+        def rel(a):
+            return ((a - exact).norm() / exact.norm()).item()
+
+        # As close to the fp32 result as bf16 without folding is.
+        self.assertLess(rel(plain), 3e-2)
+        self.assertLess(rel(got), 2 * rel(plain) + 1e-3)
 
     def test_channels_last_weights_stay_channels_last(self):
         conv_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
