@@ -20,13 +20,13 @@ Times, in one process and on one device (or under ``torchrun`` with DDP):
   - variants: ``baseline_ls`` (the baseline with the recipe's head loss,
     mmpretrain's ``LabelSmoothLoss``), ``*_sf`` (the sync-free
     ``LabelSmoothCELoss`` instead), ``stage2_cached_fused`` (fused AdamW),
-    ``*_unfolded`` (E^(0) without ``fold_frozen_bn``, which the recipe
-    turns on);
+    ``*_eagere0`` (E^(0) neither folded nor compiled; the recipe sets
+    ``fold_frozen_bn`` and ``compile_frozen_encoder``);
 
 * ``layout``: the baseline in fp32/NCHW, AMP/NCHW and AMP/channels-last;
 * ``preprocess``: the data preprocessor on pageable vs pinned batches;
 * ``frozen_encoder``: the frozen E^(0) forward under ``no_grad`` vs
-  ``inference_mode``, and folded (``fold_frozen_bn``);
+  ``inference_mode``, folded, compiled, and both (the recipe's way);
 * ``sampler``: DDIM with 10/25/50 steps vs the 1000-step ancestral (DDPM)
   sampler LDMLR runs, for 64- and 2048-d latents;
 * ``geometry``: the stage-2 geometry losses + EMA (B=256, K=1000, D=2048)

@@ -181,7 +181,8 @@ class BenchmarkContext:
         for ``LabelSmoothCELoss``, ``fused`` gives the diffusion part a
         fused AdamW, ``graphstep`` turns on ``model.cuda_graph_step``
         (``bank``, the pseudo-latent bank, is filled by the benchmark),
-        ``unfolded`` turns off ``model.fold_frozen_bn``.
+        ``eagere0`` turns off ``model.fold_frozen_bn`` and
+        ``model.compile_frozen_encoder``.
         """
         flags = set((variant or '').split('+'))
         cfg = self._model_cfg(self.galddc_cfg)
@@ -189,8 +190,8 @@ class BenchmarkContext:
             cfg['pseudo_sampling'] = dict(pseudo_sampling)
         if 'graphstep' in flags:
             cfg['cuda_graph_step'] = True
-        if 'unfolded' in flags:
-            cfg['fold_frozen_bn'] = False
+        if 'eagere0' in flags:
+            cfg.update(fold_frozen_bn=False, compile_frozen_encoder=False)
         if 'sf' in flags:
             eps = cfg['head']['loss'].get('label_smooth_val', 0.1)
             cfg['head']['loss'] = dict(

@@ -98,6 +98,20 @@ def frozen_encoder_forward(model, inputs: torch.Tensor) -> torch.Tensor:
     return encoder['neck'](encoder['backbone'](inputs))
 
 
+def frozen_encoder_runner(fold: bool, compiled: bool, devices=('cuda', )):
+    """A :class:`FrozenEncoderRunner` of its own (not the model's)."""
+    from galddc_mm.models.classifiers import frozen_encoder
+    return frozen_encoder.FrozenEncoderRunner(
+        fold, dict(dynamic=False) if compiled else None,
+        compile_devices=devices)
+
+
+def run_frozen_encoder(model, runner, inputs: torch.Tensor) -> torch.Tensor:
+    """E^(0)(x) through ``runner``."""
+    encoder = unwrap(model).frozen_encoder
+    return runner.forward(encoder['backbone'], encoder['neck'], inputs)
+
+
 def set_non_blocking(data_preprocessor, non_blocking: bool) -> None:
     """mmengine keeps the preprocessor's copy mode private."""
     data_preprocessor._non_blocking = non_blocking

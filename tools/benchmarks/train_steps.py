@@ -9,7 +9,8 @@
 * :func:`bench_preprocess`: the data preprocessor on pageable vs pinned
   batches;
 * :func:`bench_frozen_encoder`: E^(0) under ``no_grad`` vs
-  ``inference_mode``, and with its BatchNorms folded (``fold_frozen_bn``).
+  ``inference_mode``, folded and compiled (``fold_frozen_bn``,
+  ``compile_frozen_encoder``).
 """
 import math
 import time
@@ -31,7 +32,8 @@ from .timing import count_syncs, profile, time_loop
 #         timed steps (model.pseudo_bank, as the recipes train), the bank's
 #         time reported per step;
 # 'graphstep': model.cuda_graph_step=True (cached-latent stages);
-# 'unfolded': model.fold_frozen_bn=False (the recipe folds E^(0)'s BNs).
+# 'eagere0': E^(0) as it is, neither folded nor compiled (the recipe sets
+#            model.fold_frozen_bn and model.compile_frozen_encoder).
 TRAIN_BENCHES = {
     'baseline': (None, None, 'images', None, None),
     'baseline_ls': (None, None, 'images', None, 'ls'),
@@ -60,10 +62,9 @@ TRAIN_BENCHES = {
                                dict(cuda_graph=True), 'sf'),
     'stage3_hybrid_bank_sf': ('finetune', 'hybrid', 'images', None,
                               'sf+bank'),
-    'stage3_hybrid_bank_sf_unfolded': ('finetune', 'hybrid', 'images', None,
-                                       'sf+bank+unfolded'),
-    'stage2_images_unfolded': ('diffusion', None, 'images', None,
-                               'unfolded'),
+    'stage3_hybrid_bank_sf_eagere0': ('finetune', 'hybrid', 'images', None,
+                                      'sf+bank+eagere0'),
+    'stage2_images_eagere0': ('diffusion', None, 'images', None, 'eagere0'),
 }
 
 
@@ -217,13 +218,16 @@ def bench_preprocess(ctx):
 
 
 def bench_frozen_encoder(ctx):
-    """E^(0)(x): unfolded under no_grad and inference_mode, and folded.
+    """E^(0)(x) as it is, folded, compiled, and both (the recipe's way).
 
-    ``folded`` is the model's way in the recipe (``fold_frozen_bn``); the
-    folded copy is built in the warm-up.
+    ``no_grad`` and ``inference_mode`` run the modules as they are;
+    ``folded`` folds the BatchNorms (``fold_frozen_bn``), ``compiled``
+    runs ``torch.compile`` (``compile_frozen_encoder``), ``folded_compiled``
+    both. Folding and compiling happen in the warm-up; the compile time is
+    recorded (``compile_s``, the first call).
     """
     ctx.reset()
-    model, _ = ctx.build_galddc('finetune', 'hybrid')
+    model, _ = ctx.build_galddc('finetune', 'hybrid', variant='eagere0')
     batch = ctx.image_batches(1)(0)
     with torch.no_grad():
         inputs = internals.unwrap(model).data_preprocessor(
@@ -240,13 +244,26 @@ def bench_frozen_encoder(ctx):
             feats = internals.frozen_encoder_forward(model, inputs)
         return feats
 
-    def folded(_):
-        with ctx.autocast():
-            internals.encode_frozen(model, inputs)
+    def runner_fn(fold, compiled):
+        runner = internals.frozen_encoder_runner(
+            fold, compiled, devices=(ctx.device.type, ))
 
-    for label, fn in (('no_grad', no_grad),
-                      ('inference_mode', inference_mode),
-                      ('folded', folded)):
+        def run(_):
+            with ctx.autocast():
+                internals.run_frozen_encoder(model, runner, inputs)
+
+        return run
+
+    cases = [('no_grad', no_grad), ('inference_mode', inference_mode),
+             ('folded', runner_fn(True, False))]
+    if ctx.cuda:  # a CPU compiler would take minutes here
+        cases += [('compiled', runner_fn(False, True)),
+                  ('folded_compiled', runner_fn(True, True))]
+    for label, fn in cases:
+        start = time.perf_counter()
+        fn(None)
+        ctx.sync()
+        first_s = time.perf_counter() - start
         seconds, _ = time_loop(ctx, fn, lambda i: None, ctx.args.warmup,
                                ctx.args.iters)
         ctx.record(
@@ -254,4 +271,5 @@ def bench_frozen_encoder(ctx):
             ms=seconds * 1e3,
             per_s=ctx.batch_size / seconds,
             unit='images/s',
-            peak_mem_mib=ctx.peak_mib())
+            peak_mem_mib=ctx.peak_mib(),
+            compile_s=first_s)

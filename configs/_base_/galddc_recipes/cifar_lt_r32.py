@@ -7,9 +7,10 @@ _base_ = ['../galddc_default.py']
 
 model = dict(
     # GPU recipe: channels-last weights and batches (cuDNN's fast kernels),
-    # and E^(0) with its BatchNorms folded into its convolutions.
+    # and E^(0) with its BatchNorms folded into its convolutions, compiled.
     channels_last=True,
     fold_frozen_bn=True,
+    compile_frozen_encoder=True,
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
     # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
     # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).

@@ -10,9 +10,10 @@ _base_ = ['../galddc_default.py']
 
 model = dict(
     # GPU recipe: channels-last weights and batches (cuDNN's fast kernels),
-    # and E^(0) with its BatchNorms folded into its convolutions.
+    # and E^(0) with its BatchNorms folded into its convolutions, compiled.
     channels_last=True,
     fold_frozen_bn=True,
+    compile_frozen_encoder=True,
     backbone=dict(
         type='ResNet', depth=50, num_stages=4, out_indices=(3, ),
         style='pytorch'),

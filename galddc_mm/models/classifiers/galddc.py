@@ -13,7 +13,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from mmpretrain.utils import get_ori_model
 
-from .folded_encoder import FoldedEncoderCache
+from .frozen_encoder import FrozenEncoderRunner
 from .graphed_step import GraphedTrainStep
 from .stages import (
     DIFFUSION,
@@ -117,11 +117,21 @@ class GALDDCClassifier(ImageClassifier):
             recipes. Defaults to False.
         fold_frozen_bn (bool): Run E^(0) through a copy whose eval-mode
             BatchNorms are folded into the convolutions before them
-            (:class:`FoldedEncoderCache`): the same affine maps, one pass
-            over the activations less per BatchNorm, so the same latents up
-            to float rounding. The copy is rebuilt whenever E^(0) changes;
-            an encoder ``torch.fx`` cannot trace runs unfolded (said once in
-            the log). On in the GPU recipes. Defaults to False.
+            (:class:`FrozenEncoderRunner`): the same affine maps, so the
+            same latents up to float rounding. Pays with
+            ``compile_frozen_encoder`` only: in eager PyTorch the folded
+            convolutions' bias adds cost more than the BatchNorms did
+            (docs/benchmarks.md). The copy is rebuilt whenever E^(0)
+            changes; an encoder ``torch.fx`` cannot trace runs unfolded
+            (said once in the log). On in the GPU recipes. Defaults to
+            False.
+        compile_frozen_encoder (bool | dict): Run E^(0)'s forward through
+            ``torch.compile``; a dict gives its keyword arguments, True
+            means ``dict(dynamic=False)`` (one compilation per input shape:
+            the full batch, an epoch's last batch, the extraction's). On
+            CUDA devices only: a CPU run stays eager. A compilation that
+            fails falls back to the eager forward, said once in the log.
+            On in the GPU recipes. Defaults to False.
         cuda_graph_step (bool): Replay the train step of the cached-latent
             stages (diffusion, stable finetune) as one CUDA graph once its
             setting is steady (:class:`GraphedTrainStep`): the inputs and
@@ -156,6 +166,7 @@ class GALDDCClassifier(ImageClassifier):
                  pseudo_bank_chunk: int = 8192,
                  channels_last: bool = False,
                  fold_frozen_bn: bool = False,
+                 compile_frozen_encoder: Union[bool, dict] = False,
                  cuda_graph_step: bool = False,
                  pretrained: Optional[str] = None,
                  train_cfg: Optional[dict] = None,
@@ -238,8 +249,20 @@ class GALDDCClassifier(ImageClassifier):
         self.frozen_encoder.requires_grad_(False)
         self.channels_last = bool(channels_last)
         self._apply_layout()
-        self._folded_frozen = (FoldedEncoderCache()
-                               if fold_frozen_bn else None)
+        if isinstance(compile_frozen_encoder, dict):
+            compile_cfg = dict(compile_frozen_encoder)
+        elif isinstance(compile_frozen_encoder, bool):
+            compile_cfg = dict(dynamic=False) if compile_frozen_encoder \
+                else None
+        else:
+            raise TypeError(
+                'compile_frozen_encoder must be a bool or a dict of '
+                'torch.compile arguments, got '
+                f'{compile_frozen_encoder!r}.')
+        self._frozen_runner = None
+        if fold_frozen_bn or compile_cfg is not None:
+            self._frozen_runner = FrozenEncoderRunner(
+                fold_frozen_bn, compile_cfg)
         self._graphed_step = (GraphedTrainStep()
                               if cuda_graph_step else None)
 
@@ -416,8 +439,8 @@ class GALDDCClassifier(ImageClassifier):
     def encode_frozen(self, inputs: torch.Tensor) -> torch.Tensor:
         """E^(0)(x), the frozen anchor's latent, as a (B, D) tensor."""
         inputs = self._layout(inputs)
-        if self._folded_frozen is not None:
-            return self._folded_frozen.forward(self.frozen_encoder['backbone'],
+        if self._frozen_runner is not None:
+            return self._frozen_runner.forward(self.frozen_encoder['backbone'],
                                                self.frozen_encoder['neck'],
                                                inputs)
         feats = self.frozen_encoder['neck'](

@@ -1,18 +1,25 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""The frozen encoder E^(0) with its BatchNorms folded into its convolutions.
+"""How the frozen encoder E^(0) runs: folded BatchNorms, ``torch.compile``.
 
-E^(0) only ever runs in eval mode, where a BatchNorm is a fixed per-channel
-affine map ``y = a * x + b``. Folded into the convolution that feeds it
-(``W' = a W``, ``b' = a c + b`` for a convolution ``W x + c``), it costs
-nothing: one read and one write of every activation less per BatchNorm.
-The hybrid finetune stage runs E^(0) on every image batch next to E, the
-on-the-fly diffusion stage and the latent-cache extraction run nothing
-else, so the saving is a share of their GPU time.
+E^(0) only ever runs in eval mode and without gradients: the hybrid
+finetune stage runs it on every image batch next to E, the on-the-fly
+diffusion stage and the latent-cache extraction run nothing else. Two
+ways to make that forward cheaper, both exact up to float rounding:
 
-The folded copy is derived data, never state: it lives outside the module
-tree (not in ``state_dict``, ``parameters()`` or DDP) and is rebuilt from
-E^(0) whenever one of E^(0)'s tensors has been replaced or written in
-place (``freeze_encoder_copy``, a checkpoint load, ``.to()``).
+- **Folding.** An eval BatchNorm is a fixed per-channel affine map
+  ``y = a * x + b``; folded into the convolution that feeds it
+  (``W' = a W``, ``b' = a c + b`` for a convolution ``W x + c``), it is no
+  longer an operation of its own. In eager PyTorch this alone is *slower*
+  on a GPU (docs/benchmarks.md: the convolution's bias becomes a broadcast
+  add that costs more than the BatchNorm kernel did); with ``torch.compile``
+  the bias, the ReLU and the residual add fuse into one kernel.
+- **Compiling** (``torch.compile``): the element-wise work between the
+  convolutions fused into few kernels.
+
+What runs is derived data, never state: it lives outside the module tree
+(not in ``state_dict``, ``parameters()`` or DDP) and is rebuilt from E^(0)
+whenever one of E^(0)'s tensors has been replaced or written in place
+(``freeze_encoder_copy``, a checkpoint load, ``.to()``).
 """
 import copy
 from typing import Callable, Optional, Tuple
@@ -108,52 +115,74 @@ def fold_batch_norms(module: nn.Module) -> Tuple[nn.Module, int]:
     return folded.requires_grad_(False).eval(), count
 
 
-class FoldedEncoderCache:
-    """E^(0)'s forward, through a BatchNorm-folded copy kept up to date.
+class FrozenEncoderRunner:
+    """E^(0)'s forward, folded and/or compiled, kept up to date.
 
-    Call :meth:`forward` with the frozen backbone and neck. The copy is
+    Call :meth:`forward` with the frozen backbone and neck. What runs is
     rebuilt when any of their parameters or buffers has a new storage or a
-    new in-place version, so it can never be stale; building it takes one
-    trace and one deep copy. An encoder with no BatchNorm, or one that
-    ``torch.fx`` cannot trace, runs as it is (the latter said once in the
-    log).
+    new in-place version, so it can never be stale; a rebuild takes one
+    trace and one deep copy (folding) and a new compilation at the next
+    call of each input shape (compiling). An encoder with no BatchNorm, or
+    one that ``torch.fx`` cannot trace, is not folded; a compilation that
+    fails (a ``torch._dynamo`` error) falls back to the eager forward. Both
+    are said once in the log.
+
+    Args:
+        fold_bn (bool): Fold the BatchNorms (:func:`fold_batch_norms`).
+        compile_cfg (dict, optional): Keyword arguments of
+            ``torch.compile``; None runs eagerly. Defaults to None.
+        compile_devices (tuple[str]): Device types whose inputs take the
+            compiled forward; others run eagerly (a CPU run of a GPU recipe
+            does not wait for a compiler). Defaults to ``('cuda', )``.
     """
 
-    def __init__(self):
+    def __init__(self,
+                 fold_bn: bool,
+                 compile_cfg: Optional[dict] = None,
+                 compile_devices: Tuple[str, ...] = ('cuda', )):
+        self.fold_bn = bool(fold_bn)
+        self.compile_cfg = None if compile_cfg is None else dict(compile_cfg)
+        self.compile_devices = tuple(compile_devices)
         self._key = None
-        self._forward: Optional[Callable[[Tensor], Tensor]] = None
-        self._reported = False
+        self._eager: Optional[Callable[[Tensor], Tensor]] = None
+        self._compiled: Optional[Callable[[Tensor], Tensor]] = None
+        self._said = set()
+
+    def _say_once(self, what: str, message: str) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            print_log(message, logger='current')
 
     @staticmethod
     def _state_key(encoder: nn.Module) -> tuple:
         tensors = list(encoder.parameters()) + list(encoder.buffers())
         return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
 
-    def _build(self, encoder: _Encoder) -> Callable[[Tensor], Tensor]:
+    def _fold(self, encoder: _Encoder) -> nn.Module:
         if not any(isinstance(m, _BatchNorm) for m in encoder.modules()):
             return encoder
         try:
             folded, count = fold_batch_norms(encoder)
         except Exception as error:  # noqa: BLE001 (exact fallback, logged)
-            if not self._reported:
-                self._reported = True
-                print_log(
-                    'fold_frozen_bn: E^(0) runs unfolded, torch.fx cannot '
-                    f'trace the encoder ({type(error).__name__}: {error}).',
-                    logger='current')
+            self._say_once(
+                'fold', 'fold_frozen_bn: E^(0) runs unfolded, torch.fx '
+                f'cannot trace the encoder ({type(error).__name__}: {error}).')
             return encoder
-        if not self._reported:
-            self._reported = True
-            print_log(
-                f'fold_frozen_bn: {count} BatchNorm layers of E^(0) folded '
-                'into their convolutions.',
-                logger='current')
+        self._say_once(
+            'fold', f'fold_frozen_bn: {count} BatchNorm layers of E^(0) '
+            'folded into their convolutions.')
         return folded
+
+    def _build(self, encoder: _Encoder) -> None:
+        self._eager = self._fold(encoder) if self.fold_bn else encoder
+        self._compiled = None
+        if self.compile_cfg is not None:
+            self._compiled = torch.compile(self._eager, **self.compile_cfg)
 
     @torch.no_grad()
     def forward(self, backbone: nn.Module, neck: nn.Module,
                 inputs: Tensor) -> Tensor:
-        """``neck(backbone(inputs))`` through the folded copy, ``(B, D)``.
+        """``neck(backbone(inputs))``, the last output as ``(B, D)``.
 
         Args:
             backbone (nn.Module): E^(0)'s backbone, in eval mode.
@@ -166,6 +195,21 @@ class FoldedEncoderCache:
         encoder = _Encoder(backbone, neck)
         key = self._state_key(encoder)
         if key != self._key:
-            self._forward = self._build(encoder)
+            self._build(encoder)
             self._key = key
-        return self._forward(inputs)
+        if (self._compiled is not None
+                and inputs.device.type in self.compile_devices):
+            from torch._dynamo.exc import TorchDynamoException
+            self._say_once(
+                'compile', 'compile_frozen_encoder: E^(0) runs through '
+                f'torch.compile({self.compile_cfg}); each new input shape '
+                'compiles once.')
+            try:
+                return self._compiled(inputs)
+            except TorchDynamoException as error:
+                self._compiled = None
+                self._say_once(
+                    'compile failed',
+                    'compile_frozen_encoder: compiling E^(0) failed, it '
+                    f'runs eagerly ({type(error).__name__}: {error}).')
+        return self._eager(inputs)

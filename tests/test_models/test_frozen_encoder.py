@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
-"""E^(0) with folded BatchNorms equals E^(0) as it is (``fold_frozen_bn``)."""
+"""E^(0) folded and compiled equals E^(0) as it is (``fold_frozen_bn``,
+``compile_frozen_encoder``)."""
 import copy
 import unittest
 from unittest import TestCase
@@ -12,7 +13,10 @@ from mmpretrain.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import galddc_mm  # noqa: F401
-from galddc_mm.models.classifiers.folded_encoder import fold_batch_norms
+from galddc_mm.models.classifiers.frozen_encoder import (
+    FrozenEncoderRunner,
+    fold_batch_norms,
+)
 
 
 def _scramble_batch_norms(module, seed=0):
@@ -235,3 +239,104 @@ class TestFoldFrozenBNInTheClassifier(TestCase):
             got = folded.encode_frozen(self._inputs())
         self.assertIn('runs unfolded', '\n'.join(logs.output))
         torch.testing.assert_close(got, plain.encode_frozen(self._inputs()))
+
+
+class _CountingBackend:
+    """A torch.compile backend that runs the captured graph as it is and
+    counts the compilations."""
+
+    def __init__(self, fail=False):
+        self.calls = 0
+        self.fail = fail
+
+    def __call__(self, graph_module, example_inputs):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError('this backend cannot compile')
+        return graph_module.forward
+
+
+class TestCompileFrozenEncoder(TestCase):
+
+    def setUp(self):
+        torch._dynamo.reset()
+
+    def _model(self, **overrides):
+        cfg = copy.deepcopy(TINY_GALDDC_MODEL)
+        cfg.update(overrides)
+        torch.manual_seed(0)
+        model = MODELS.build(cfg)
+        model.init_weights()
+        _scramble_batch_norms(model.backbone)
+        model.freeze_encoder_copy()
+        model.train()
+        return model
+
+    def _inputs(self, n=6, seed=3):
+        return torch.randn(n, 3, 8, 8,
+                           generator=torch.Generator().manual_seed(seed))
+
+    def test_compiled_forward_follows_shapes_and_new_weights(self):
+        model = self._model()
+        backend = _CountingBackend()
+        runner = FrozenEncoderRunner(
+            fold_bn=True,
+            compile_cfg=dict(backend=backend, dynamic=False),
+            compile_devices=('cpu', ))
+
+        def run(x):
+            return runner.forward(model.frozen_encoder['backbone'],
+                                  model.frozen_encoder['neck'], x)
+
+        x6, x4 = self._inputs(6), self._inputs(4, seed=4)
+        for x in (x6, x6, x4, x4):
+            torch.testing.assert_close(
+                run(x), model.encode_frozen(x), rtol=1e-5, atol=1e-5)
+        self.assertEqual(backend.calls, 2)  # one per batch size
+        _scramble_batch_norms(model.backbone, seed=9)
+        model.freeze_encoder_copy()
+        torch.testing.assert_close(
+            run(x6), model.encode_frozen(x6), rtol=1e-5, atol=1e-5)
+        self.assertEqual(backend.calls, 3)  # new weights, new copy
+
+    def test_a_failed_compilation_runs_eagerly_and_says_so(self):
+        model = self._model()
+        runner = FrozenEncoderRunner(
+            fold_bn=False,
+            compile_cfg=dict(backend=_CountingBackend(fail=True)),
+            compile_devices=('cpu', ))
+        x = self._inputs()
+        logger = MMLogger.get_current_instance()
+        with self.assertLogs(logger, level='INFO') as logs:
+            got = runner.forward(model.frozen_encoder['backbone'],
+                                 model.frozen_encoder['neck'], x)
+        self.assertIn('compiling E^(0) failed', '\n'.join(logs.output))
+        torch.testing.assert_close(got, model.encode_frozen(x))
+
+    def test_the_model_compiles_on_cuda_only(self):
+        backend = _CountingBackend()
+        model = self._model(compile_frozen_encoder=dict(backend=backend))
+        plain = self._model()
+        x = self._inputs()
+        torch.testing.assert_close(model.encode_frozen(x),
+                                   plain.encode_frozen(x))
+        self.assertEqual(backend.calls, 0)
+        with self.assertRaisesRegex(TypeError, 'bool or a dict'):
+            self._model(compile_frozen_encoder='yes')
+
+    @unittest.skipUnless(torch.cuda.is_available(), 'needs CUDA')
+    def test_recipe_setting_on_cuda(self):
+        # fold + inductor under bf16 and channels-last, as the GPU recipes.
+        models = [
+            self._model(channels_last=True, **extra).cuda()
+            for extra in ({}, dict(fold_frozen_bn=True,
+                                   compile_frozen_encoder=True))
+        ]
+        x = self._inputs(16).cuda()
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            plain, got = (m.encode_frozen(x).float() for m in models)
+        exact = models[0].encode_frozen(x)
+        ref = ((plain - exact).norm() / exact.norm()).item()
+        err = ((got - exact).norm() / exact.norm()).item()
+        self.assertLess(ref, 3e-2)
+        self.assertLess(err, 2 * ref + 1e-3)
