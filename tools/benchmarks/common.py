@@ -182,12 +182,17 @@ class BenchmarkContext:
         fused AdamW, ``graphstep`` turns on ``model.cuda_graph_step``
         (``bank``, the pseudo-latent bank, is filled by the benchmark),
         ``eagere0`` turns off ``model.fold_frozen_bn`` and
-        ``model.compile_frozen_encoder``.
+        ``model.compile_frozen_encoder``, ``eagersampler`` the
+        ``compile_denoiser`` of ``model.pseudo_sampling``.
         """
         flags = set((variant or '').split('+'))
         cfg = self._model_cfg(self.galddc_cfg)
         if pseudo_sampling:
-            cfg['pseudo_sampling'] = dict(pseudo_sampling)
+            cfg['pseudo_sampling'] = dict(
+                cfg.get('pseudo_sampling') or {}, **pseudo_sampling)
+        if 'eagersampler' in flags:
+            cfg['pseudo_sampling'] = dict(
+                cfg.get('pseudo_sampling') or {}, compile_denoiser=False)
         if 'graphstep' in flags:
             cfg['cuda_graph_step'] = True
         if 'eagere0' in flags:

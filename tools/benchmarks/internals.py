@@ -153,11 +153,11 @@ def sampling_denoiser(head, device: torch.device) -> torch.nn.Module:
 
 
 def sample(head, labels: torch.Tensor, num_steps: int,
-           cuda_graph: bool = False) -> torch.Tensor:
+           cuda_graph: bool = False,
+           compile_denoiser: bool = False) -> torch.Tensor:
     """DDIM sampling through the head's own fast path."""
-    if cuda_graph:
-        return head.sample(labels, num_steps=num_steps, cuda_graph=True)
-    return head.sample(labels, num_steps=num_steps)
+    return head.sample(labels, num_steps=num_steps, cuda_graph=cuda_graph,
+                       compile_denoiser=compile_denoiser)
 
 
 def sample_per_row_t(head, labels: torch.Tensor,

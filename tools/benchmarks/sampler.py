@@ -7,7 +7,8 @@
 head's fast path, the 25-step chain through the sampler's public ``step``
 (the loop before the fast path), the 25-step chain with the denoiser's
 conditioning computed per row (``ddim_25_per_row_t``, before the shared
-timestep), and on CUDA the DDIM chains captured as CUDA graphs.
+timestep), and on CUDA the 25-step chain with the denoiser compiled
+(``compile_denoiser``) and the DDIM chains captured as CUDA graphs.
 """
 import copy
 
@@ -122,6 +123,10 @@ def sampler_cases(ctx, head, labels):
                   lambda _: internals.sample_per_row_t(head, labels, 25), 2,
                   10))
     if ctx.cuda:
+        # The first warm-up call compiles.
+        cases.append(('ddim_25_compiled',
+                      lambda _: internals.sample(
+                          head, labels, 25, compile_denoiser=True), 2, 10))
         for steps in DDIM_STEPS:
             cases.append((f'ddim_{steps}_graph',
                           lambda _, s=steps: internals.sample(

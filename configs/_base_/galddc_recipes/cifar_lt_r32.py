@@ -11,6 +11,8 @@ model = dict(
     channels_last=True,
     fold_frozen_bn=True,
     compile_frozen_encoder=True,
+    # The pseudo-latent bank's DDIM chain with its denoiser compiled.
+    pseudo_sampling=dict(compile_denoiser=True),
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
     # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
     # LabelSmoothCELoss computes the same loss without (docs/benchmarks.md).

@@ -14,6 +14,8 @@ model = dict(
     channels_last=True,
     fold_frozen_bn=True,
     compile_frozen_encoder=True,
+    # The pseudo-latent bank's DDIM chain with its denoiser compiled.
+    pseudo_sampling=dict(compile_denoiser=True),
     backbone=dict(
         type='ResNet', depth=50, num_stages=4, out_indices=(3, ),
         style='pytorch'),

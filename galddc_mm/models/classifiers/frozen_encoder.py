@@ -32,6 +32,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from galddc_mm.utils.compiled_call import CompiledCall
+
 
 class _Encoder(nn.Module):
     """``neck(backbone(x))`` as one module, its last output as ``(B, D)``."""
@@ -144,14 +146,8 @@ class FrozenEncoderRunner:
         self.compile_cfg = None if compile_cfg is None else dict(compile_cfg)
         self.compile_devices = tuple(compile_devices)
         self._key = None
-        self._eager: Optional[Callable[[Tensor], Tensor]] = None
-        self._compiled: Optional[Callable[[Tensor], Tensor]] = None
-        self._said = set()
-
-    def _say_once(self, what: str, message: str) -> None:
-        if what not in self._said:
-            self._said.add(what)
-            print_log(message, logger='current')
+        self._forward: Optional[Callable[[Tensor], Tensor]] = None
+        self._fold_said = False
 
     @staticmethod
     def _state_key(encoder: nn.Module) -> tuple:
@@ -163,21 +159,25 @@ class FrozenEncoderRunner:
             return encoder
         try:
             folded, count = fold_batch_norms(encoder)
+            message = (f'fold_frozen_bn: {count} BatchNorm layers of E^(0) '
+                       'folded into their convolutions.')
         except Exception as error:  # noqa: BLE001 (exact fallback, logged)
-            self._say_once(
-                'fold', 'fold_frozen_bn: E^(0) runs unfolded, torch.fx '
-                f'cannot trace the encoder ({type(error).__name__}: {error}).')
-            return encoder
-        self._say_once(
-            'fold', f'fold_frozen_bn: {count} BatchNorm layers of E^(0) '
-            'folded into their convolutions.')
+            folded = encoder
+            message = ('fold_frozen_bn: E^(0) runs unfolded, torch.fx '
+                       f'cannot trace the encoder ({type(error).__name__}: '
+                       f'{error}).')
+        if not self._fold_said:
+            self._fold_said = True
+            print_log(message, logger='current')
         return folded
 
-    def _build(self, encoder: _Encoder) -> None:
-        self._eager = self._fold(encoder) if self.fold_bn else encoder
-        self._compiled = None
-        if self.compile_cfg is not None:
-            self._compiled = torch.compile(self._eager, **self.compile_cfg)
+    def _build(self, encoder: _Encoder) -> Callable[[Tensor], Tensor]:
+        module = self._fold(encoder) if self.fold_bn else encoder
+        if self.compile_cfg is None:
+            return module
+        # A failed compilation is said once per build (rebuilds are rare).
+        return CompiledCall(module, self.compile_cfg, self.compile_devices,
+                            'compile_frozen_encoder: E^(0)')
 
     @torch.no_grad()
     def forward(self, backbone: nn.Module, neck: nn.Module,
@@ -195,21 +195,6 @@ class FrozenEncoderRunner:
         encoder = _Encoder(backbone, neck)
         key = self._state_key(encoder)
         if key != self._key:
-            self._build(encoder)
+            self._forward = self._build(encoder)
             self._key = key
-        if (self._compiled is not None
-                and inputs.device.type in self.compile_devices):
-            from torch._dynamo.exc import TorchDynamoException
-            self._say_once(
-                'compile', 'compile_frozen_encoder: E^(0) runs through '
-                f'torch.compile({self.compile_cfg}); each new input shape '
-                'compiles once.')
-            try:
-                return self._compiled(inputs)
-            except TorchDynamoException as error:
-                self._compiled = None
-                self._say_once(
-                    'compile failed',
-                    'compile_frozen_encoder: compiling E^(0) failed, it '
-                    f'runs eagerly ({type(error).__name__}: {error}).')
-        return self._eager(inputs)
+        return self._forward(inputs)

@@ -97,7 +97,8 @@ class GALDDCClassifier(ImageClassifier):
             ``'uniform'``. Defaults to ``'inverse'``.
         pseudo_sampling (dict, optional): Overrides of the DDIM sampler for
             stage 3 (``num_steps``, ``eta``, ``guidance_scale``,
-            ``cuda_graph``).
+            ``cuda_graph``, ``compile_denoiser``; see
+            :meth:`LatentDiffusionHead.sample`).
         pseudo_bank (bool): Draw the pseudo-latents of a whole stage-3 epoch
             at its start, in chunks of ``pseudo_bank_chunk`` (theta is
             frozen in stage 3, so nothing is lost), and give each step its
@@ -486,7 +487,8 @@ class GALDDCClassifier(ImageClassifier):
         Args:
             labels (torch.Tensor): Class of each latent, (B,).
             **sampling: Overrides of the sampler (``num_steps``, ``eta``,
-                ``guidance_scale``, ``generator``, ``z_T``, ``cuda_graph``).
+                ``guidance_scale``, ``generator``, ``z_T``, ``cuda_graph``,
+                ``compile_denoiser``).
 
         Returns:
             torch.Tensor: Latents, (B, D).

@@ -9,6 +9,8 @@ from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from torch import Tensor
 
+from galddc_mm.utils.compiled_call import CompiledCall
+
 
 class DiffusionOutput(NamedTuple):
     """Training-time outputs of :class:`LatentDiffusionHead`.
@@ -67,6 +69,16 @@ def _build(cfg: Union[dict, nn.Module], **defaults) -> nn.Module:
                 f'{cfg.get("type")} config sets {key}={cfg[key]}, but the '
                 f'head has {key}={value}; drop {key} from the sub-config.')
     return MODELS.build(cfg)
+
+
+def _compile_cfg(compile_denoiser: Union[bool, dict]) -> Optional[dict]:
+    """``torch.compile`` arguments of ``compile_denoiser`` (None: eager)."""
+    if isinstance(compile_denoiser, dict):
+        return dict(compile_denoiser)
+    if isinstance(compile_denoiser, bool):
+        return dict(dynamic=False) if compile_denoiser else None
+    raise TypeError('compile_denoiser must be a bool or a dict of '
+                    f'torch.compile arguments, got {compile_denoiser!r}.')
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -389,7 +401,8 @@ class LatentDiffusionHead(BaseModule):
                guidance_scale: Optional[float] = None,
                generator: Optional[torch.Generator] = None,
                z_T: Optional[Tensor] = None,
-               cuda_graph: bool = False) -> Tensor:
+               cuda_graph: bool = False,
+               compile_denoiser: Union[bool, dict] = False) -> Tensor:
         """Draw latents :math:`\\hat z_0 \\sim p_\\theta(z_0 | y)` by DDIM.
 
         The :math:`\\hat z_0` estimate is bounded at every step (and so is
@@ -422,23 +435,34 @@ class LatentDiffusionHead(BaseModule):
                 instead of ~60 per step. Ignored on other devices and with
                 a ``generator``. The output is a fresh tensor. Defaults to
                 False.
+            compile_denoiser (bool | dict): On a CUDA device, run the
+                denoiser through ``torch.compile`` (a dict gives its keyword
+                arguments; True means ``dict(dynamic=False)``, one
+                compilation per batch size): the element-wise work between
+                its matrix products (LayerNorm, SiLU, FiLM, casts), most of
+                a large batch's time, fused into few kernels. Same function
+                up to float rounding; a failed compilation falls back to
+                eager, said once in the log. Defaults to False.
 
         Returns:
             Tensor: Encoder-space latents, shape ``(B, D)``.
         """
         self.check_sampling_steps(num_steps, 'num_steps')
         clamp = self.feature_clamp_max
+        compile_cfg = _compile_cfg(compile_denoiser)
         if cuda_graph and labels.is_cuda and generator is None:
             return self._graphed_sample(labels, num_steps, eta,
-                                        guidance_scale, clamp, z_T)
+                                        guidance_scale, clamp, z_T,
+                                        compile_cfg)
         return self._sample(labels, num_steps, eta, guidance_scale, clamp,
-                            generator, z_T)
+                            generator, z_T, compile_cfg)
 
     def _sample(self, labels: Tensor, num_steps: Optional[int],
                 eta: Optional[float], guidance_scale: Optional[float],
                 clamp: Optional[float],
                 generator: Optional[torch.Generator],
-                z_T: Optional[Tensor]) -> Tensor:
+                z_T: Optional[Tensor],
+                compile_cfg: Optional[dict] = None) -> Tensor:
         """The eager sampling chain behind :meth:`sample`."""
         lo = hi = None
         if self.clip_z0 == 'data':
@@ -456,8 +480,11 @@ class LatentDiffusionHead(BaseModule):
                     z = self.normalizer.normalize(z)
                 return z
 
+        denoiser = self._sampling_denoiser(labels.device)
+        if compile_cfg is not None:
+            denoiser = self._compiled(denoiser, compile_cfg)
         z0 = self.sampler.sample(
-            self._sampling_denoiser(labels.device),
+            denoiser,
             self.schedule,
             labels,
             self.latent_dim,
@@ -512,10 +539,29 @@ class LatentDiffusionHead(BaseModule):
             shadow.train(self.denoiser.training)
         return shadow
 
+    def _compiled(self, denoiser: nn.Module,
+                  compile_cfg: dict) -> CompiledCall:
+        """``denoiser`` through ``torch.compile``, kept while it is used.
+
+        The sampling denoiser is one object refreshed in place (see
+        :meth:`_sampling_denoiser`), so one compiled call serves every
+        sampling of a run.
+        """
+        cached = self.__dict__.get('_compiled_denoiser')
+        if (cached is None or cached[0] is not denoiser
+                or cached[1].compile_cfg != compile_cfg):
+            cached = (denoiser,
+                      CompiledCall(denoiser, compile_cfg,
+                                   name='compile_denoiser: the sampling '
+                                   'denoiser'))
+            # Plain attribute: nn.Module would register it as a child.
+            self.__dict__['_compiled_denoiser'] = cached
+        return cached[1]
+
     def _graphed_sample(self, labels: Tensor, num_steps: Optional[int],
                         eta: Optional[float], guidance_scale: Optional[float],
-                        clamp: Optional[float],
-                        z_T: Optional[Tensor]) -> Tensor:
+                        clamp: Optional[float], z_T: Optional[Tensor],
+                        compile_cfg: Optional[dict] = None) -> Tensor:
         """:meth:`_sample` captured once as a CUDA graph, then replayed.
 
         A graph is kept per batch size, device, sampling setting, autocast
@@ -529,7 +575,7 @@ class LatentDiffusionHead(BaseModule):
         # The graph reads the weights where they are (or refreshes the
         # 16-bit copy from them inside the graph): new storage, new graph.
         key = (labels.shape[0], str(device), num_steps, eta, guidance_scale,
-               clamp, self.clip_z0, dtype,
+               clamp, self.clip_z0, dtype, repr(compile_cfg),
                tuple(p.data_ptr() for p in self.denoiser.parameters()))
         graphs = self.__dict__.setdefault('_sample_graphs', OrderedDict())
         entry = graphs.get(key)
@@ -540,7 +586,8 @@ class LatentDiffusionHead(BaseModule):
 
             def run() -> Tensor:
                 return self._sample(static_labels, num_steps, eta,
-                                    guidance_scale, clamp, None, static_z)
+                                    guidance_scale, clamp, None, static_z,
+                                    compile_cfg)
 
             # Warm up on a side stream (lazy cuBLAS/cuDNN initialisation
             # must not happen during capture), as torch.cuda.graph asks.

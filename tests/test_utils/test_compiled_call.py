@@ -1,0 +1,75 @@
+# Copyright (c) galddc_mm contributors. All rights reserved.
+"""CompiledCall: compiled on the chosen devices, eager elsewhere."""
+from unittest import TestCase
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+from galddc_mm.utils.compiled_call import CompiledCall
+
+
+class _Backend:
+    """Runs the captured graph as it is; counts compilations."""
+
+    def __init__(self, fail=False):
+        self.calls = 0
+        self.fail = fail
+
+    def __call__(self, graph_module, example_inputs):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError('this backend cannot compile')
+        return graph_module.forward
+
+
+class _Net(nn.Module):
+    flag = 'read through'
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.shape[0] == 0:
+            raise ValueError('empty batch')
+        return self.fc(x).relu()
+
+
+class TestCompiledCall(TestCase):
+
+    def setUp(self):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        self.net = _Net()
+        self.x = torch.randn(4, 3)
+
+    def test_compiled_on_the_chosen_devices_only(self):
+        backend = _Backend()
+        eager_here = CompiledCall(self.net, dict(backend=backend))
+        torch.testing.assert_close(eager_here(self.x), self.net(self.x))
+        self.assertEqual(backend.calls, 0)  # CPU is not in ('cuda', )
+        compiled = CompiledCall(self.net, dict(backend=backend), ('cpu', ))
+        for x in (self.x, self.x, torch.randn(5, 3)):
+            torch.testing.assert_close(compiled(x), self.net(x))
+        self.assertGreaterEqual(backend.calls, 1)
+        self.assertEqual(compiled.flag, 'read through')
+        self.assertIsNone(CompiledCall(self.net).compiled)
+
+    def test_a_failed_compilation_falls_back_and_says_so(self):
+        backend = _Backend(fail=True)
+        call = CompiledCall(self.net, dict(backend=backend), ('cpu', ),
+                            name='the net')
+        logger = MMLogger.get_current_instance()
+        with self.assertLogs(logger, level='WARNING') as logs:
+            out = call(self.x)
+        self.assertIn('the net: torch.compile failed', logs.output[0])
+        torch.testing.assert_close(out, self.net(self.x))
+        self.assertIsNone(call.compiled)
+        call(self.x)
+        self.assertEqual(backend.calls, 1)  # not tried again
+
+    def test_errors_of_the_call_itself_are_not_caught(self):
+        call = CompiledCall(self.net, dict(backend='eager'), ('cpu', ))
+        with self.assertRaisesRegex(ValueError, 'empty batch'):
+            call(torch.randn(0, 3))
