@@ -202,7 +202,13 @@ class TestFoldFrozenBNInTheClassifier(TestCase):
 
     def test_same_latents_and_no_extra_state(self):
         plain, folded = self._pair()
+        # fast=False (a one-off shape check) builds nothing.
+        x = self._inputs()
+        torch.testing.assert_close(
+            folded.encode_frozen(x, fast=False), plain.encode_frozen(x))
+        self.assertIsNone(folded._frozen_runner._key)
         self._assert_same_latents(plain, folded)
+        self.assertIsNotNone(folded._frozen_runner._key)
         self.assertEqual(plain.state_dict().keys(),
                          folded.state_dict().keys())
         self.assertEqual(

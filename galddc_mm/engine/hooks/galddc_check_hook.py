@@ -112,7 +112,8 @@ class GALDDCCheckHook(Hook):
                 model.eval()  # no BN statistics update
                 try:
                     inputs = model.data_preprocessor(batch, False)['inputs']
-                    feats = model.encode_frozen(inputs)
+                    # As it is: no fold or compilation for one sample.
+                    feats = model.encode_frozen(inputs, fast=False)
                 finally:
                     model.train(was_training)
             finally:

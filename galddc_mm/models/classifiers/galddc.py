@@ -437,10 +437,21 @@ class GALDDCClassifier(ImageClassifier):
         return feats[-1] if isinstance(feats, (tuple, list)) else feats
 
     @torch.no_grad()
-    def encode_frozen(self, inputs: torch.Tensor) -> torch.Tensor:
-        """E^(0)(x), the frozen anchor's latent, as a (B, D) tensor."""
+    def encode_frozen(self,
+                      inputs: torch.Tensor,
+                      fast: bool = True) -> torch.Tensor:
+        """E^(0)(x), the frozen anchor's latent, as a (B, D) tensor.
+
+        Args:
+            inputs (torch.Tensor): The image batch.
+            fast (bool): Folded and/or compiled as configured
+                (``fold_frozen_bn``, ``compile_frozen_encoder``). False runs
+                E^(0)'s modules as they are: for one-off calls (a shape
+                check) that should not pay for a fold or a compilation.
+                Defaults to True.
+        """
         inputs = self._layout(inputs)
-        if self._frozen_runner is not None:
+        if fast and self._frozen_runner is not None:
             return self._frozen_runner.forward(self.frozen_encoder['backbone'],
                                                self.frozen_encoder['neck'],
                                                inputs)
