@@ -20,8 +20,9 @@ Times, in one process and on one device (or under ``torchrun`` with DDP):
   - variants: ``baseline_ls`` (the baseline with the recipe's head loss,
     mmpretrain's ``LabelSmoothLoss``), ``*_sf`` (the sync-free
     ``LabelSmoothCELoss`` instead), ``stage2_cached_fused`` (fused AdamW),
-    ``*_eagere0`` (E^(0) neither folded nor compiled; the recipe sets
-    ``fold_frozen_bn`` and ``compile_frozen_encoder``);
+    ``*_e0compiled`` / ``*_compiled`` (E^(0) folded and compiled, and
+    for stage 3 the bank's denoiser compiled: ``fold_frozen_bn``,
+    ``compile_frozen_encoder``, ``pseudo_sampling.compile_denoiser``);
 
 * ``layout``: the baseline in fp32/NCHW, AMP/NCHW and AMP/channels-last;
 * ``preprocess``: the data preprocessor on pageable vs pinned batches;

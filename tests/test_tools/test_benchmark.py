@@ -86,7 +86,7 @@ class TestBenchmarkTool(TestCase):
             'stage3_stable_images', 'stage3_hybrid',
             'stage2_cached_fused_graphstep', 'stage3_stable_cached_bank_sf',
             'stage3_stable_cached_bank_graphstep_sf', 'stage3_hybrid_bank_sf',
-            'stage3_hybrid_bank_sf_eagere0', 'stage2_images_eagere0',
+            'stage3_hybrid_bank_sf_compiled', 'stage2_images_e0compiled',
             'baseline@none_nchw', 'baseline@none_channels_last',
             'preprocess@pageable', 'frozen_encoder@no_grad',
             'frozen_encoder@inference_mode', 'frozen_encoder@folded',

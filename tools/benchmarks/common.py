@@ -181,8 +181,8 @@ class BenchmarkContext:
         for ``LabelSmoothCELoss``, ``fused`` gives the diffusion part a
         fused AdamW, ``graphstep`` turns on ``model.cuda_graph_step``
         (``bank``, the pseudo-latent bank, is filled by the benchmark),
-        ``eagere0`` turns off ``model.fold_frozen_bn`` and
-        ``model.compile_frozen_encoder``, ``eagersampler`` the
+        ``e0compiled`` turns on ``model.fold_frozen_bn`` and
+        ``model.compile_frozen_encoder``, ``samplercompiled`` the
         ``compile_denoiser`` of ``model.pseudo_sampling``.
         """
         flags = set((variant or '').split('+'))
@@ -190,13 +190,13 @@ class BenchmarkContext:
         if pseudo_sampling:
             cfg['pseudo_sampling'] = dict(
                 cfg.get('pseudo_sampling') or {}, **pseudo_sampling)
-        if 'eagersampler' in flags:
+        if 'samplercompiled' in flags:
             cfg['pseudo_sampling'] = dict(
-                cfg.get('pseudo_sampling') or {}, compile_denoiser=False)
+                cfg.get('pseudo_sampling') or {}, compile_denoiser=True)
         if 'graphstep' in flags:
             cfg['cuda_graph_step'] = True
-        if 'eagere0' in flags:
-            cfg.update(fold_frozen_bn=False, compile_frozen_encoder=False)
+        if 'e0compiled' in flags:
+            cfg.update(fold_frozen_bn=True, compile_frozen_encoder=True)
         if 'sf' in flags:
             eps = cfg['head']['loss'].get('label_smooth_val', 0.1)
             cfg['head']['loss'] = dict(

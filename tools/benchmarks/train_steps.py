@@ -32,10 +32,10 @@ from .timing import count_syncs, profile, time_loop
 #         timed steps (model.pseudo_bank, as the recipes train), the bank's
 #         time reported per step;
 # 'graphstep': model.cuda_graph_step=True (cached-latent stages);
-# 'eagere0': E^(0) as it is, neither folded nor compiled (the recipe sets
-#            model.fold_frozen_bn and model.compile_frozen_encoder);
-# 'eagersampler': pseudo_sampling without compile_denoiser (the recipe's
-#                 bank compiles the sampling denoiser).
+# 'e0compiled': E^(0) folded and compiled (model.fold_frozen_bn,
+#               model.compile_frozen_encoder; off in the recipes);
+# 'samplercompiled': the bank's denoiser compiled
+#                    (model.pseudo_sampling.compile_denoiser).
 TRAIN_BENCHES = {
     'baseline': (None, None, 'images', None, None),
     'baseline_ls': (None, None, 'images', None, 'ls'),
@@ -64,12 +64,16 @@ TRAIN_BENCHES = {
                                dict(cuda_graph=True), 'sf'),
     'stage3_hybrid_bank_sf': ('finetune', 'hybrid', 'images', None,
                               'sf+bank'),
-    'stage3_hybrid_bank_sf_eagere0': ('finetune', 'hybrid', 'images', None,
-                                      'sf+bank+eagere0'),
-    'stage2_images_eagere0': ('diffusion', None, 'images', None, 'eagere0'),
-    'stage3_stable_cached_bank_graphstep_sf_eagersampler': (
+    'stage2_images_e0compiled': ('diffusion', None, 'images', None,
+                                 'e0compiled'),
+    'stage3_hybrid_bank_sf_compiled': ('finetune', 'hybrid', 'images', None,
+                                       'sf+bank+e0compiled+samplercompiled'),
+    'stage3_stable_cached_bank_sf_compiled': ('finetune', 'stable',
+                                              'latents', None,
+                                              'sf+bank+samplercompiled'),
+    'stage3_stable_cached_bank_graphstep_sf_compiled': (
         'finetune', 'stable', 'latents', None,
-        'sf+bank+graphstep+eagersampler'),
+        'sf+bank+graphstep+samplercompiled'),
 }
 
 
@@ -229,7 +233,7 @@ def bench_preprocess(ctx):
 
 
 def bench_frozen_encoder(ctx):
-    """E^(0)(x) as it is, folded, compiled, and both (the recipe's way).
+    """E^(0)(x) as it is, folded, compiled, and both.
 
     ``no_grad`` and ``inference_mode`` run the modules as they are;
     ``folded`` folds the BatchNorms (``fold_frozen_bn``), ``compiled``
@@ -238,7 +242,7 @@ def bench_frozen_encoder(ctx):
     recorded (``compile_s``, the first call).
     """
     ctx.reset()
-    model, _ = ctx.build_galddc('finetune', 'hybrid', variant='eagere0')
+    model, _ = ctx.build_galddc('finetune', 'hybrid')
     batch = ctx.image_batches(1)(0)
     with torch.no_grad():
         inputs = internals.unwrap(model).data_preprocessor(
