@@ -42,8 +42,12 @@ class CompiledCall:
         self._announced = False
 
     def __getattr__(self, attr: str):
-        # Only called for attributes not set in __init__.
-        return getattr(self.__dict__['fn'], attr)
+        # Only called for attributes not set in __init__; before __init__
+        # (copy and pickle probe a bare instance) there is nothing to read.
+        fn = self.__dict__.get('fn')
+        if fn is None:
+            raise AttributeError(attr)
+        return getattr(fn, attr)
 
     def __call__(self, *args, **kwargs):
         first = next((a for a in args if isinstance(a, Tensor)), None)

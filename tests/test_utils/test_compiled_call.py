@@ -1,5 +1,6 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """CompiledCall: compiled on the chosen devices, eager elsewhere."""
+import copy
 from unittest import TestCase
 
 import torch
@@ -68,6 +69,12 @@ class TestCompiledCall(TestCase):
         self.assertIsNone(call.compiled)
         call(self.x)
         self.assertEqual(backend.calls, 1)  # not tried again
+
+    def test_copies(self):
+        call = CompiledCall(self.net, None, name='the net')
+        copied = copy.deepcopy(call)
+        self.assertEqual(copied.flag, 'read through')
+        torch.testing.assert_close(copied(self.x), self.net(self.x))
 
     def test_errors_of_the_call_itself_are_not_caught(self):
         call = CompiledCall(self.net, dict(backend='eager'), ('cpu', ))
