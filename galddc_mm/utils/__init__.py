@@ -7,6 +7,7 @@ from .checkpoint_safety import (
     checkpoint_damage,
     find_resumable_checkpoint,
 )
+from .compiled_call import CompiledCall, compile_kwargs
 from .final_metrics import (
     collect_split_metrics,
     dump_final_metrics,
@@ -23,6 +24,7 @@ from .warning_filters import silence_known_warnings
 from .work_dir import WorkDir, load_per_class_accuracy
 
 __all__ = [
+    'CompiledCall', 'compile_kwargs',
     'AtomicLocalBackend', 'DamagedCheckpointError', 'atomic_destination',
     'atomic_torch_save', 'checkpoint_damage', 'find_resumable_checkpoint',
     'UnsafeCheckpointError', 'checkpoint_safe_globals',

@@ -1,7 +1,7 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """A call that runs through ``torch.compile`` where it pays, eagerly else."""
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -13,10 +13,17 @@ class CompiledCall:
 
     The device is that of the first tensor argument. Compilation is lazy
     (at the first call of each new input shape, as ``torch.compile``'s).
-    When it fails (a ``torch._dynamo`` error, raised before anything runs)
-    the call falls back to ``fn`` for good and says so once in the log;
-    errors of ``fn`` itself are not caught. Attributes not found here are
-    read from ``fn`` (e.g. a denoiser's ``accepts_shared_timestep``).
+    When the compiled call raises a ``torch._dynamo`` error, the call is
+    run again eagerly: if that raises too, the error is ``fn``'s own (e.g.
+    a shape mismatch, which dynamo reports as its own error) and
+    propagates, the compiled path kept; if it succeeds, compiling failed,
+    and the call falls back to ``fn`` for good, said once in the log. The
+    eager retry repeats whatever the compiled pieces that ran before the
+    failure did, so ``fn`` should be free of side effects (the frozen
+    encoder and the sampling denoiser are). Once dynamo's recompilation
+    limit is reached it runs ``fn`` eagerly itself, without an error.
+    Attributes not found here are read from ``fn`` (e.g. a denoiser's
+    ``accepts_shared_timestep``).
 
     Args:
         fn (callable): What to run, e.g. an ``nn.Module``.
@@ -64,10 +71,33 @@ class CompiledCall:
             try:
                 return self.compiled(*args, **kwargs)
             except TorchDynamoException as error:
+                # fn's own errors propagate from here, compiling kept.
+                out = self.fn(*args, **kwargs)
                 self.compiled = None
                 print_log(
                     f'{self.name}: torch.compile failed, it runs eagerly '
                     f'from now on ({type(error).__name__}: {error}).',
                     logger='current',
                     level=logging.WARNING)
+                return out
         return self.fn(*args, **kwargs)
+
+
+def compile_kwargs(value: Union[bool, dict], name: str) -> Optional[dict]:
+    """``torch.compile`` arguments of a bool-or-dict switch (None: eager).
+
+    Args:
+        value (bool | dict): False: no compilation; True:
+            ``dict(dynamic=False)`` (one compilation per input shape); a
+            dict: the arguments themselves.
+        name (str): The switch, for the error message.
+
+    Returns:
+        dict | None: The arguments, or None.
+    """
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, bool):
+        return dict(dynamic=False) if value else None
+    raise TypeError(f'{name} must be a bool or a dict of torch.compile '
+                    f'arguments, got {value!r}.')

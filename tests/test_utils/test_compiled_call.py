@@ -76,7 +76,19 @@ class TestCompiledCall(TestCase):
         self.assertEqual(copied.flag, 'read through')
         torch.testing.assert_close(copied(self.x), self.net(self.x))
 
-    def test_errors_of_the_call_itself_are_not_caught(self):
-        call = CompiledCall(self.net, dict(backend='eager'), ('cpu', ))
-        with self.assertRaisesRegex(ValueError, 'empty batch'):
-            call(torch.randn(0, 3))
+    def test_errors_of_the_call_itself_propagate_and_keep_compiling(self):
+        backend = _Backend()
+        call = CompiledCall(self.net, dict(backend=backend), ('cpu', ))
+        torch.testing.assert_close(call(self.x), self.net(self.x))
+        self.assertEqual(backend.calls, 1)
+        logger = MMLogger.get_current_instance()
+        with self.assertNoLogs(logger, level='WARNING'):
+            # A shape error, which dynamo reports as its own error type
+            # (TorchRuntimeError), then an error raised by fn's code.
+            with self.assertRaisesRegex(RuntimeError, 'shape'):
+                call(torch.randn(4, 5))
+            with self.assertRaisesRegex(ValueError, 'empty batch'):
+                call(torch.randn(0, 3))
+        # Not switched off: the compiled path is still taken.
+        self.assertIsNotNone(call.compiled)
+        torch.testing.assert_close(call(self.x), self.net(self.x))

@@ -22,6 +22,8 @@ whenever one of E^(0)'s tensors has been replaced or written in place
 (``freeze_encoder_copy``, a checkpoint load, ``.to()``).
 """
 import copy
+import weakref
+from collections import Counter
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -60,8 +62,12 @@ class _ConvBNTracer(fx.Tracer):
                 or super().is_leaf_module(module, qualname))
 
 
-def _foldable(node: fx.Node, modules: dict) -> bool:
-    """Whether ``node`` is an eval BatchNorm fed only by a 2-D convolution."""
+def _foldable(node: fx.Node, modules: dict, calls: Counter) -> bool:
+    """Whether ``node`` is an eval BatchNorm fed only by a 2-D convolution.
+
+    Both modules must be called once in the whole graph: a convolution
+    called twice would carry the BatchNorm into its other call too.
+    """
     if node.op != 'call_module' or not isinstance(modules[node.target],
                                                   _BatchNorm):
         return False
@@ -69,7 +75,8 @@ def _foldable(node: fx.Node, modules: dict) -> bool:
     src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
     return (isinstance(src, fx.Node) and src.op == 'call_module'
             and type(modules[src.target]) is nn.Conv2d
-            and len(src.users) == 1 and not bn.training
+            and len(src.users) == 1 and calls[src.target] == 1
+            and calls[node.target] == 1 and not bn.training
             and bn.running_mean is not None and bn.running_var is not None)
 
 
@@ -96,9 +103,11 @@ def fold_batch_norms(module: nn.Module) -> Tuple[nn.Module, int]:
     graph = _ConvBNTracer().trace(module)
     folded = fx.GraphModule(module, graph)
     modules = dict(folded.named_modules())
+    calls = Counter(node.target for node in folded.graph.nodes
+                    if node.op == 'call_module')
     count = 0
     for node in list(folded.graph.nodes):
-        if not _foldable(node, modules):
+        if not _foldable(node, modules, calls):
             continue
         conv_node = node.args[0]
         conv = modules[conv_node.target]
@@ -121,8 +130,12 @@ class FrozenEncoderRunner:
     """E^(0)'s forward, folded and/or compiled, kept up to date.
 
     Call :meth:`forward` with the frozen backbone and neck. What runs is
-    rebuilt when any of their parameters or buffers has a new storage or a
-    new in-place version, so it can never be stale; a rebuild takes one
+    rebuilt when any of their parameters or buffers is replaced, moved to a
+    new storage or written in place by a PyTorch operation (which bumps the
+    tensor's version: ``load_state_dict``, ``copy_``), or a module changes
+    mode. A write through ``tensor.data`` bumps nothing and is not seen:
+    call :meth:`GALDDCClassifier.freeze_encoder_copy` or load a state
+    dict instead. A rebuild takes one
     trace and one deep copy (folding) and a new compilation at the next
     call of each input shape (compiling). An encoder with no BatchNorm, or
     one that ``torch.fx`` cannot trace, is not folded; a compilation that
@@ -150,9 +163,27 @@ class FrozenEncoderRunner:
         self._fold_said = False
 
     @staticmethod
-    def _state_key(encoder: nn.Module) -> tuple:
+    def _state(encoder: nn.Module) -> list:
+        """What a rebuild depends on: each tensor (weakly), its storage,
+        its in-place version, its device; and each module's mode."""
         tensors = list(encoder.parameters()) + list(encoder.buffers())
-        return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+        return ([(weakref.ref(t), t.data_ptr(), t._version, t.device)
+                 for t in tensors] +
+                [module.training for module in encoder.modules()])
+
+    def _unchanged(self, encoder: nn.Module) -> bool:
+        key = self._key
+        if key is None:
+            return False
+        tensors = list(encoder.parameters()) + list(encoder.buffers())
+        modules = list(encoder.modules())
+        if len(key) != len(tensors) + len(modules):
+            return False
+        for (ref, ptr, version, device), t in zip(key, tensors):
+            if (ref() is not t or ptr != t.data_ptr()
+                    or version != t._version or device != t.device):
+                return False
+        return key[len(tensors):] == [m.training for m in modules]
 
     def _fold(self, encoder: _Encoder) -> nn.Module:
         if not any(isinstance(m, _BatchNorm) for m in encoder.modules()):
@@ -193,8 +224,7 @@ class FrozenEncoderRunner:
             Tensor: The latents, ``(B, D)``.
         """
         encoder = _Encoder(backbone, neck)
-        key = self._state_key(encoder)
-        if key != self._key:
+        if not self._unchanged(encoder):
             self._forward = self._build(encoder)
-            self._key = key
+            self._key = self._state(encoder)
         return self._forward(inputs)

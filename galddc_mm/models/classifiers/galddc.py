@@ -13,6 +13,8 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from mmpretrain.utils import get_ori_model
 
+from galddc_mm.utils.compiled_call import compile_kwargs
+
 from .frozen_encoder import FrozenEncoderRunner
 from .graphed_step import GraphedTrainStep
 from .stages import (
@@ -253,16 +255,8 @@ class GALDDCClassifier(ImageClassifier):
         self.frozen_encoder.requires_grad_(False)
         self.channels_last = bool(channels_last)
         self._apply_layout()
-        if isinstance(compile_frozen_encoder, dict):
-            compile_cfg = dict(compile_frozen_encoder)
-        elif isinstance(compile_frozen_encoder, bool):
-            compile_cfg = dict(dynamic=False) if compile_frozen_encoder \
-                else None
-        else:
-            raise TypeError(
-                'compile_frozen_encoder must be a bool or a dict of '
-                'torch.compile arguments, got '
-                f'{compile_frozen_encoder!r}.')
+        compile_cfg = compile_kwargs(compile_frozen_encoder,
+                                     'compile_frozen_encoder')
         self._frozen_runner = None
         if fold_frozen_bn or compile_cfg is not None:
             self._frozen_runner = FrozenEncoderRunner(
@@ -452,6 +446,9 @@ class GALDDCClassifier(ImageClassifier):
                 E^(0)'s modules as they are: for one-off calls (a shape
                 check) that should not pay for a fold or a compilation.
                 Defaults to True.
+
+        Returns:
+            torch.Tensor: The latents, (B, D).
         """
         inputs = self._layout(inputs)
         if fast and self._frozen_runner is not None:

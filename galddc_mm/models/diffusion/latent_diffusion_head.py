@@ -9,7 +9,7 @@ from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from torch import Tensor
 
-from galddc_mm.utils.compiled_call import CompiledCall
+from galddc_mm.utils.compiled_call import CompiledCall, compile_kwargs
 
 
 class DiffusionOutput(NamedTuple):
@@ -69,16 +69,6 @@ def _build(cfg: Union[dict, nn.Module], **defaults) -> nn.Module:
                 f'{cfg.get("type")} config sets {key}={cfg[key]}, but the '
                 f'head has {key}={value}; drop {key} from the sub-config.')
     return MODELS.build(cfg)
-
-
-def _compile_cfg(compile_denoiser: Union[bool, dict]) -> Optional[dict]:
-    """``torch.compile`` arguments of ``compile_denoiser`` (None: eager)."""
-    if isinstance(compile_denoiser, dict):
-        return dict(compile_denoiser)
-    if isinstance(compile_denoiser, bool):
-        return dict(dynamic=False) if compile_denoiser else None
-    raise TypeError('compile_denoiser must be a bool or a dict of '
-                    f'torch.compile arguments, got {compile_denoiser!r}.')
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -449,7 +439,7 @@ class LatentDiffusionHead(BaseModule):
         """
         self.check_sampling_steps(num_steps, 'num_steps')
         clamp = self.feature_clamp_max
-        compile_cfg = _compile_cfg(compile_denoiser)
+        compile_cfg = compile_kwargs(compile_denoiser, 'compile_denoiser')
         if cuda_graph and labels.is_cuda and generator is None:
             return self._graphed_sample(labels, num_steps, eta,
                                         guidance_scale, clamp, z_T,
@@ -545,7 +535,10 @@ class LatentDiffusionHead(BaseModule):
 
         The sampling denoiser is one object refreshed in place (see
         :meth:`_sampling_denoiser`), so one compiled call serves every
-        sampling of a run.
+        sampling of a run. Switching between autocast and float32 sampling
+        switches between the denoiser and its 16-bit copy, each switch a
+        new compilation; past dynamo's recompilation limit (8) it runs
+        eagerly without a word.
         """
         cached = self.__dict__.get('_compiled_denoiser')
         if (cached is None or cached[0] is not denoiser

@@ -240,5 +240,9 @@ class ResMLPDenoiser(BaseModule):
         h = self.in_proj(z_t)
         for block in self.blocks:
             film = block.film(cond)
-            h = block.forward_film(h, film if index is None else film[index])
+            if index is not None:
+                # index_select, not film[index]: a negative label must
+                # fail, as the embedding lookup of the per-row path does.
+                film = film.index_select(0, index)
+            h = block.forward_film(h, film)
         return self.out_proj(F.silu(self.out_norm(h)))
