@@ -329,11 +329,11 @@ class TestRunner(TestCase):
 
 CRT_CONFIG = osp.join(REPO_ROOT, 'configs', 'galddc', 'ablations',
                       'r20_digitslt_crt.py')
-# A tiny hybrid GALD-DC run: 2 + 1 + 2 epochs; a tiny stage 2 samples poor
+# A tiny hybrid GALD-DC run: 1 + 1 + 1 epochs; a tiny stage 2 samples poor
 # latents, so the generation gate only warns.
 TINY = [
-    'train_cfg.stages.0.epochs=2', 'train_cfg.stages.1.epochs=1',
-    'train_cfg.stages.1.repeat=2', 'train_cfg.stages.2.epochs=2',
+    'train_cfg.stages.0.epochs=1', 'train_cfg.stages.1.epochs=1',
+    'train_cfg.stages.1.repeat=1', 'train_cfg.stages.2.epochs=1',
     'custom_hooks.0.gate=warn'
 ]
 
@@ -425,12 +425,12 @@ class TestSharedStage1(TestCase):
             osp.join(whole, 'train.log'))
         self.assertEqual(code, 0)
         shared = osp.join(self.root, 'r20_digitslt', 'seed0')
-        # 2 + 1 + 2 epochs whole; 1 + 2 after the shared stage 1.
+        # 1 + 1 + 1 epochs whole; 1 + 1 after the shared stage 1.
         whole_state = torch.load(
-            osp.join(whole, 'epoch_5.pth'), map_location='cpu',
+            osp.join(whole, 'epoch_3.pth'), map_location='cpu',
             weights_only=False)['state_dict']
         shared_state = torch.load(
-            osp.join(shared, 'epoch_3.pth'), map_location='cpu',
+            osp.join(shared, 'epoch_2.pth'), map_location='cpu',
             weights_only=False)['state_dict']
         self.assertEqual(set(whole_state), set(shared_state))
         for key, value in whole_state.items():
