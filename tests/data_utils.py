@@ -286,3 +286,18 @@ TINY_GALDDC_MODEL = dict(
         margin_loss=dict(type='PrototypeMarginLoss', margin=1.0,
                          loss_weight=0.1)),
     geometry=dict(type='ClassGeometry', tau=3))
+
+
+class CountingBackend:
+    """A ``torch.compile`` backend that runs the captured graph as it is
+    and counts the compilations (``fail=True``: every one fails)."""
+
+    def __init__(self, fail=False):
+        self.calls = 0
+        self.fail = fail
+
+    def __call__(self, graph_module, example_inputs):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError('this backend cannot compile')
+        return graph_module.forward

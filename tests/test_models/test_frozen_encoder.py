@@ -8,7 +8,7 @@ from unittest import TestCase
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from data_utils import TINY_GALDDC_MODEL
+from data_utils import TINY_GALDDC_MODEL, CountingBackend
 from mmengine.logging import MMLogger
 from mmpretrain.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -62,15 +62,8 @@ class _SharedConv(nn.Module):
         return self.bn(y) + y, self.bn2(self.conv2(x) + 1)
 
 
-class _ReusedModules(nn.Module):
+class _ReusedModules(_SharedConv):
     """A conv called twice, and a BN called twice: nothing may fold."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(3, 4, 1)
-        self.bn2 = nn.BatchNorm2d(4)
 
     def forward(self, x):
         return (self.bn(self.conv(x)) + self.conv(x),
@@ -278,21 +271,6 @@ class TestFoldFrozenBNInTheClassifier(TestCase):
         torch.testing.assert_close(got, plain.encode_frozen(self._inputs()))
 
 
-class _CountingBackend:
-    """A torch.compile backend that runs the captured graph as it is and
-    counts the compilations."""
-
-    def __init__(self, fail=False):
-        self.calls = 0
-        self.fail = fail
-
-    def __call__(self, graph_module, example_inputs):
-        self.calls += 1
-        if self.fail:
-            raise RuntimeError('this backend cannot compile')
-        return graph_module.forward
-
-
 class TestCompileFrozenEncoder(TestCase):
 
     def setUp(self):
@@ -315,7 +293,7 @@ class TestCompileFrozenEncoder(TestCase):
 
     def test_compiled_forward_follows_shapes_and_new_weights(self):
         model = self._model()
-        backend = _CountingBackend()
+        backend = CountingBackend()
         runner = FrozenEncoderRunner(
             fold_bn=True,
             compile_cfg=dict(backend=backend, dynamic=False),
@@ -340,7 +318,7 @@ class TestCompileFrozenEncoder(TestCase):
         model = self._model()
         runner = FrozenEncoderRunner(
             fold_bn=False,
-            compile_cfg=dict(backend=_CountingBackend(fail=True)),
+            compile_cfg=dict(backend=CountingBackend(fail=True)),
             compile_devices=('cpu', ))
         x = self._inputs()
         logger = MMLogger.get_current_instance()
@@ -352,7 +330,7 @@ class TestCompileFrozenEncoder(TestCase):
         torch.testing.assert_close(got, model.encode_frozen(x))
 
     def test_the_model_compiles_on_cuda_only(self):
-        backend = _CountingBackend()
+        backend = CountingBackend()
         model = self._model(compile_frozen_encoder=dict(backend=backend))
         plain = self._model()
         x = self._inputs()

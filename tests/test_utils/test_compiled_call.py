@@ -5,23 +5,10 @@ from unittest import TestCase
 
 import torch
 import torch.nn as nn
+from data_utils import CountingBackend
 from mmengine.logging import MMLogger
 
 from galddc_mm.utils.compiled_call import CompiledCall
-
-
-class _Backend:
-    """Runs the captured graph as it is; counts compilations."""
-
-    def __init__(self, fail=False):
-        self.calls = 0
-        self.fail = fail
-
-    def __call__(self, graph_module, example_inputs):
-        self.calls += 1
-        if self.fail:
-            raise RuntimeError('this backend cannot compile')
-        return graph_module.forward
 
 
 class _Net(nn.Module):
@@ -46,7 +33,7 @@ class TestCompiledCall(TestCase):
         self.x = torch.randn(4, 3)
 
     def test_compiled_on_the_chosen_devices_only(self):
-        backend = _Backend()
+        backend = CountingBackend()
         eager_here = CompiledCall(self.net, dict(backend=backend))
         torch.testing.assert_close(eager_here(self.x), self.net(self.x))
         self.assertEqual(backend.calls, 0)  # CPU is not in ('cuda', )
@@ -58,7 +45,7 @@ class TestCompiledCall(TestCase):
         self.assertIsNone(CompiledCall(self.net).compiled)
 
     def test_a_failed_compilation_falls_back_and_says_so(self):
-        backend = _Backend(fail=True)
+        backend = CountingBackend(fail=True)
         call = CompiledCall(self.net, dict(backend=backend), ('cpu', ),
                             name='the net')
         logger = MMLogger.get_current_instance()
@@ -77,7 +64,7 @@ class TestCompiledCall(TestCase):
         torch.testing.assert_close(copied(self.x), self.net(self.x))
 
     def test_errors_of_the_call_itself_propagate_and_keep_compiling(self):
-        backend = _Backend()
+        backend = CountingBackend()
         call = CompiledCall(self.net, dict(backend=backend), ('cpu', ))
         torch.testing.assert_close(call(self.x), self.net(self.x))
         self.assertEqual(backend.calls, 1)
