@@ -6,14 +6,25 @@ torchrun on a machine without CUDA: galddc_mm switches NCCL to gloo and
 final table (``log_level=DEBUG`` makes mmengine keep one log file per rank);
 the evaluator broadcasts the metrics, so both ranks must report the same
 numbers, and a 2-process test of a checkpoint must equal a 1-process test.
+
+Both 2-process runs also check the clean exit: rank 1's last collective
+finishes on a busy gloo worker thread (``LateLastCollectiveHook`` of
+``tests/crash_hook.py``). Before the fix, rank 1 reached interpreter
+finalization with that thread still running and was aborted (``terminate
+called without an active exception``, exit code -6) after a successful
+run, and torchrun failed the job; the runner now joins the group's
+threads at exit. The hook changes no number: it runs after the run.
 """
 import glob
+import os
 import os.path as osp
 import tempfile
 from unittest import TestCase
 
 from conftest import (
     DIGITS_CONFIG,
+    REPO_ROOT,
+    TESTS_DIR,
     free_port,
     parse_metric_tables,
     read_final_metrics,
@@ -37,26 +48,54 @@ def rank_tables(work_dir):
     return tables
 
 
+def _late_collective_config(folder):
+    """The CE baseline plus a hook that delays rank 1's last collective."""
+    path = osp.join(folder, 'late_last_collective.py')
+    with open(path, 'w') as f:
+        f.write(f'''_base_ = [{DIGITS_CONFIG!r}]
+custom_imports = dict(
+    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
+custom_hooks = [dict(type='LateLastCollectiveHook', rank=1)]
+''')
+    return path
+
+
+def _dist_env():
+    return dict(PORT=str(free_port()),
+                PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]))
+
+
 class TestTwoProcessCPU(TestCase):
 
     @classmethod
     def setUpClass(cls):
         cls._tmp = tempfile.TemporaryDirectory()
         tmp = cls._tmp.name
+        config = _late_collective_config(tmp)
         cls.train_dir = osp.join(tmp, 'train')
+        # check=False: the tests below read the exit status and the output.
         cls.trained = run_tool(
-            ['tools/dist_train.sh', DIGITS_CONFIG, '2', '--work-dir',
+            ['tools/dist_train.sh', config, '2', '--work-dir',
              cls.train_dir] + CFG,
+            check=False,
             python=['bash'],
-            env=dict(PORT=str(free_port())))
+            env=_dist_env(),
+            timeout=180)
         cls.ckpt = osp.join(cls.train_dir, 'epoch_2.pth')
+        if not osp.exists(cls.ckpt):
+            raise AssertionError(
+                'The 2-process training wrote no epoch_2.pth (exit status '
+                f'{cls.trained.returncode}):\n'
+                f'{(cls.trained.stdout + cls.trained.stderr)[-4000:]}')
         cls.dist_test_dir = osp.join(tmp, 'dist_test')
-        run_tool(
-            ['tools/dist_test.sh', DIGITS_CONFIG, cls.ckpt, '2',
+        cls.dist_tested = run_tool(
+            ['tools/dist_test.sh', config, cls.ckpt, '2',
              '--work-dir', cls.dist_test_dir, '--cfg-options',
              'log_level=DEBUG'],
+            check=False,
             python=['bash'],
-            env=dict(PORT=str(free_port())))
+            env=_dist_env(),
+            timeout=180)
         cls.single_test_dir = osp.join(tmp, 'single_test')
         run_tool([
             'tools/test.py', DIGITS_CONFIG, cls.ckpt, '--work-dir',
@@ -66,6 +105,12 @@ class TestTwoProcessCPU(TestCase):
     @classmethod
     def tearDownClass(cls):
         cls._tmp.cleanup()
+
+    def test_train_then_test_exit_zero(self):
+        for proc in (self.trained, self.dist_tested):
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            self.assertEqual(proc.returncode, 0, tail)
+            self.assertNotIn('terminate called', tail)
 
     def test_gloo_on_cpu(self):
         out = self.trained.stdout + self.trained.stderr
