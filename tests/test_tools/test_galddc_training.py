@@ -217,32 +217,28 @@ def _torchrun(nproc):
 class TestDistributedTraining:
 
     def test_two_gloo_processes_three_stages(self, tmp_path):
-        work_dir = str(tmp_path)
-        proc = _train(
-            work_dir, '--launcher', 'pytorch', python=_torchrun(2))
+        """A 3-stage run on 2 processes; then its geometry initialisation
+        against 1 process starting stage 2 from its stage-1 checkpoint."""
+        two = str(tmp_path / 'two')
+        proc = _train(two, '--launcher', 'pytorch', python=_torchrun(2))
         log = proc.stdout + proc.stderr
         assert 'bit-identical across 2 rank(s)' in log
-        with open(osp.join(work_dir, 'rank_consistency.json')) as f:
+        with open(osp.join(two, 'rank_consistency.json')) as f:
             verdict = json.load(f)
         assert verdict['world_size'] == 2 and verdict['identical']
         assert verdict['num_tensors'] > 100  # geometry + E^(0) + normaliser
-        metrics = _test_metrics(work_dir)
+        metrics = _test_metrics(two)
         assert 0 <= metrics['accuracy/few'] <= 100
 
-    def test_geometry_init_one_vs_two_processes(self, reference, tmp_path):
-        ref_dir, _ = reference
-        ce_ckpt = osp.join(ref_dir, 'epoch_2.pth')  # end of stage 1
-        skip_stage1 = [
-            f'load_from={ce_ckpt}', 'train_cfg.stages.0.epochs=0',
-            'train_cfg.stages.1.epochs=1', 'train_cfg.stages.2.epochs=0'
-        ]
-        one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-        _train(one, options=skip_stage1)
-        _train(
-            two, '--launcher', 'pytorch', options=skip_stage1,
-            python=_torchrun(2))
+        one = str(tmp_path / 'one')
+        _train(one, options=[
+            f'load_from={osp.join(two, "epoch_2.pth")}',  # end of stage 1
+            'train_cfg.stages.0.epochs=0', 'train_cfg.stages.1.epochs=1',
+            'train_cfg.stages.2.epochs=0'
+        ])
+        # After one stage-2 epoch in both runs.
         a = _state(osp.join(one, 'epoch_1.pth'))
-        b = _state(osp.join(two, 'epoch_1.pth'))
+        b = _state(osp.join(two, 'epoch_3.pth'))
         # Quantities fixed at initialisation (the EMA then sees different
         # batches in the two runs).
         torch.testing.assert_close(a['geometry.counts'], b['geometry.counts'])
