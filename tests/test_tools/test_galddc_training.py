@@ -17,27 +17,16 @@ import torch
 from conftest import (
     REPO_ROOT,
     TESTS_DIR,
+    TINY_GALDDC,
+    TINY_GALDDC_CONFIG,
     free_port,
     read_final_metrics,
     run_tool,
 )
 
-CONFIG = 'configs/galddc/r20_digitslt.py'
+CONFIG = TINY_GALDDC_CONFIG
 # Stages: representation epochs 1-2, diffusion 3-4, finetune 5-6.
-TINY = [
-    'train_cfg.stages.0.epochs=2',
-    'train_cfg.stages.1.epochs=2',
-    'train_cfg.stages.1.repeat=2',
-    'train_cfg.stages.2.epochs=2',
-    'train_cfg.val_interval=1',
-    'model.diffusion_head.denoiser.hidden_dim=64',
-    'model.diffusion_head.sampler.num_steps=5',
-    'custom_hooks.0.num_per_class=4',
-    # A tiny stage 2 samples poor latents: report, but go on to stage 3.
-    'custom_hooks.0.gate=warn',
-    'default_hooks.checkpoint.max_keep_ckpts=-1',
-    'default_hooks.logger.interval=5',
-]
+TINY = TINY_GALDDC
 GEOMETRY_KEYS = ('geometry.counts', 'geometry.prototypes', 'geometry.r_obs',
                  'geometry.r_real', 'geometry.real_prototypes',
                  'geometry.r_prior', 'geometry.initialized')
@@ -78,12 +67,10 @@ def _test_metrics(work_dir):
     return read_final_metrics(work_dir)['metrics']['test']
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-    """An uninterrupted tiny 3-stage run."""
-    work_dir = str(tmp_path_factory.mktemp('reference'))
-    proc = _train(work_dir)
-    return work_dir, proc.stdout + proc.stderr
+@pytest.fixture
+def reference(tiny_galddc_reference):
+    """The uninterrupted tiny 3-stage run (conftest): (work_dir, log)."""
+    return tiny_galddc_reference
 
 
 class TestStagedTraining:
