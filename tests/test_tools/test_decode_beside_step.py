@@ -25,18 +25,20 @@ import decode_beside_step as dbs  # noqa: E402
 
 def _write_jpegs(folder, sizes):
     rng = np.random.default_rng(0)
+    paths = []
     for i, (h, w) in enumerate(sizes):
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        cv2.imwrite(osp.join(folder, f'{i}.JPEG'), img)
-    return osp.join(folder, '*.JPEG')
+        paths.append(osp.join(folder, f'{i}.JPEG'))
+        cv2.imwrite(paths[-1], img)
+    return paths
 
 
 class TestDecodeBesideStep(TestCase):
 
     def test_worker_collate_and_crop(self):
         with tempfile.TemporaryDirectory() as tmp:
-            pattern = _write_jpegs(tmp, [(20, 30), (25, 17), (16, 16)])
-            blobs = dbs.read_files(pattern, 10)
+            blobs = dbs.read_files(
+                _write_jpegs(tmp, [(20, 30), (25, 17), (16, 16)]))
         flat, sizes = dbs.WorkerCollate('nvjpeg', 'cpu')(blobs)
         # Independently: torchvision's decode of each file, CHW, in order.
         files = [torch.frombuffer(bytearray(b), dtype=torch.uint8)
@@ -65,24 +67,43 @@ class TestDecodeBesideStep(TestCase):
                   .max()), 1.)  # a resized image differs from its corner
 
     def test_runs_on_cpu(self):
+        """Every mode end to end, the workers mode with one spawned worker
+        (its dataset, collate and sampler pickled into a fresh process)."""
         with tempfile.TemporaryDirectory() as tmp:
-            pattern = _write_jpegs(tmp, [(24, 24)] * 4)
+            _write_jpegs(tmp, [(24, 24)] * 4)
             out = osp.join(tmp, 'out.json')
             dbs.main([
-                '--files', pattern, '--batch-size', '2', '--steps', '1',
-                '--warmup', '1', '--model', 'resnet18', '--image-size', '32',
-                '--modes', 'alone,thread,gil', '--gil-seconds', '0.2',
-                '--device', 'cpu', '--out', out
+                '--files', osp.join(tmp, '*.JPEG'), '--batch-size', '2',
+                '--steps', '2', '--warmup', '1', '--model', 'resnet18',
+                '--image-size', '32', '--workers', '1', '--gil-seconds',
+                '0.2', '--device', 'cpu', '--out', out
             ])
             with open(out) as f:
                 res = json.load(f)
         rows = res['results']
+        self.assertEqual(res['files'], 4)
         self.assertGreater(rows['step_alone_ms'], 0)
-        self.assertGreater(rows['nvjpeg']['alone_img_s'], 0)
-        self.assertGreater(rows['nvjpeg']['thread']['step_ms'], 0)
-        self.assertGreater(rows['nvjpeg']['gil']['python_loop'], 0)
+        nvjpeg = rows['nvjpeg']
+        self.assertGreater(nvjpeg['alone_img_s'], 0)
+        self.assertGreater(nvjpeg['thread']['step_ms'], 0)
+        # Tiny CPU decodes finish many times within two steps.
+        self.assertGreater(nvjpeg['thread']['decode']['batches'], 0)
+        self.assertGreater(nvjpeg['gil']['python_loop'], 0)
+        self.assertGreater(nvjpeg['workers']['img_s'], 0)
+        self.assertTrue(0 <= nvjpeg['workers']['waiting'] <= 1)
         for name in ('nvimgcodec_hw', 'nvimgcodec_hybrid'):
             self.assertIn('skipped', rows[name])
+
+    def test_thread_error_is_raised(self):
+        """A decoder that fails in the thread fails the measurement."""
+
+        def broken(blobs):
+            raise ValueError('not a JPEG')
+
+        with self.assertRaisesRegex(RuntimeError, 'not a JPEG'):
+            with dbs.DecodingThread(broken, [[b'x']],
+                                    torch.device('cpu')) as th:
+                th.rate(lambda: 0.0)
 
     def test_unknown_mode(self):
         with self.assertRaisesRegex(SystemExit, 'Unknown modes'):

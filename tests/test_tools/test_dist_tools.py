@@ -96,6 +96,12 @@ class TestTwoProcessCPU(TestCase):
             python=['bash'],
             env=_dist_env(),
             timeout=180)
+        if not glob.glob(
+                osp.join(cls.dist_test_dir, '*', 'final_metrics.json')):
+            raise AssertionError(
+                'The 2-process test wrote no final metrics (exit status '
+                f'{cls.dist_tested.returncode}):\n'
+                f'{(cls.dist_tested.stdout + cls.dist_tested.stderr)[-4000:]}')
         cls.single_test_dir = osp.join(tmp, 'single_test')
         run_tool([
             'tools/test.py', DIGITS_CONFIG, cls.ckpt, '--work-dir',
@@ -107,10 +113,12 @@ class TestTwoProcessCPU(TestCase):
         cls._tmp.cleanup()
 
     def test_train_then_test_exit_zero(self):
-        for proc in (self.trained, self.dist_tested):
-            tail = (proc.stdout + proc.stderr)[-3000:]
-            self.assertEqual(proc.returncode, 0, tail)
-            self.assertNotIn('terminate called', tail)
+        for run, proc in (('train', self.trained),
+                          ('test', self.dist_tested)):
+            with self.subTest(run=run):
+                tail = (proc.stdout + proc.stderr)[-3000:]
+                self.assertEqual(proc.returncode, 0, tail)
+                self.assertNotIn('terminate called', tail)
 
     def test_gloo_on_cpu(self):
         out = self.trained.stdout + self.trained.stderr

@@ -20,10 +20,15 @@ hybrid backends when ``nvidia.nvimgcodec`` is installed):
   (``spawn``; the decoded batch reaches the training process as one
   CUDA tensor through CUDA IPC), each batch cropped with the GPU-decode
   preprocessor's ``resample_bilinear`` and trained on: end-to-end
-  images/s, against the step alone.
+  images/s and the share of it spent waiting for a batch, against the
+  step alone. The workers read the files (all that ``--files`` matches)
+  from disk, drawn with replacement, so no epoch ends inside the timed
+  window.
 
-Runs on the CPU too (``decode_jpeg`` with libjpeg; ``workers`` then
-sends CPU tensors), which only checks that it runs::
+Rates of a decoding thread count the batches it finished in the window
+(``batches`` says how many: one batch in a window of a few seconds is a
+starved thread, not a measured rate). ``--device cpu`` runs it all on
+the CPU (``decode_jpeg`` with libjpeg), which only checks that it runs::
 
     python tools/benchmarks/decode_beside_step.py --files 'data/*/*.JPEG' \\
         --out work_dirs/decode_beside_step.json
@@ -37,19 +42,15 @@ import statistics
 import sys
 import threading
 import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
 from torchvision.io import ImageReadMode, decode_jpeg
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:  # workers are spawned: a fresh interpreter
+if REPO not in sys.path:
     sys.path.insert(0, REPO)
-
-from galddc_mm.models.data_preprocessors.crop_geometry import (  # noqa: E402
-    resample_bilinear,
-    sample_crop_boxes,
-)
 
 MODES = ('alone', 'thread', 'gil', 'workers')
 DECODERS = ('nvjpeg', 'nvimgcodec_hw', 'nvimgcodec_hybrid')
@@ -65,7 +66,9 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=30,
                         help='timed training steps per measurement')
     parser.add_argument('--warmup', type=int, default=5)
-    parser.add_argument('--workers', type=int, default=8)
+    parser.add_argument('--workers', type=int, default=8,
+                        help='worker processes of the workers mode (0: '
+                        'decode in this process)')
     parser.add_argument('--modes', default=','.join(MODES))
     parser.add_argument('--decoders', default=','.join(DECODERS),
                         help='those not installed are reported as skipped')
@@ -80,10 +83,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def read_files(pattern: str, limit: int):
-    paths = sorted(glob.glob(pattern))[:limit]
-    if not paths:
-        raise SystemExit(f'No file matches {pattern!r}.')
+def read_files(paths: List[str]) -> List[bytes]:
+    """The bytes of each file."""
     blobs = []
     for path in paths:
         with open(path, 'rb') as f:
@@ -92,7 +93,16 @@ def read_files(pattern: str, limit: int):
 
 
 class Decoder:
-    """One decoder: a batch of encoded files -> ``(3, H, W)`` uint8."""
+    """One decoder: a batch of encoded files to ``(3, H, W)`` uint8 RGB.
+
+    Args:
+        name (str): One of :data:`DECODERS`.
+        device (torch.device): Where to decode (nvImageCodec: CUDA only).
+
+    Raises:
+        ImportError: nvImageCodec asked for but not installed.
+        RuntimeError: nvImageCodec asked for off CUDA.
+    """
 
     def __init__(self, name: str, device: torch.device):
         self.name, self.device = name, device
@@ -108,8 +118,10 @@ class Decoder:
         elif name != 'nvjpeg':
             raise ValueError(f'Unknown decoder {name!r}; one of {DECODERS}')
 
-    def __call__(self, blobs):
+    def __call__(self, blobs: Sequence[bytes]) -> List[torch.Tensor]:
         if self.codec is None:
+            # torchvision's nvJPEG: one decoder per process, on a stream of
+            # its own; the call returns once the images are written.
             files = [torch.frombuffer(bytearray(b), dtype=torch.uint8)
                      for b in blobs]
             return list(decode_jpeg(files, mode=ImageReadMode.RGB,
@@ -118,20 +130,27 @@ class Decoder:
         images = self.codec.decode(list(blobs), cuda_stream=stream)
         if any(img is None for img in images):
             raise RuntimeError(f'{self.name} could not decode a file')
-        # HWC interleaved: the layout decode_jpeg's CHW images view.
-        return [torch.as_tensor(img, device=self.device).permute(2, 0, 1)
-                for img in images]
+        # nvImageCodec writes HWC; decode_jpeg's images are planar CHW.
+        # Copied to CHW here, so that both decoders do the same work.
+        return [torch.as_tensor(img, device=self.device).permute(
+            2, 0, 1).contiguous() for img in images]
 
 
-def sync(device):
+def sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
 class Step:
-    """A training step of a torchvision model with one host sync."""
+    """A training step of a torchvision model, with one host sync.
 
-    def __init__(self, args, device):
+    Args:
+        args (argparse.Namespace): ``model``, ``batch_size``,
+            ``image_size``.
+        device (torch.device): Where to train (bf16 autocast on CUDA).
+    """
+
+    def __init__(self, args, device: torch.device):
         self.device = device
         self.model = getattr(torchvision.models, args.model)().to(
             device, memory_format=torch.channels_last)
@@ -145,7 +164,7 @@ class Step:
         self.autocast = torch.autocast(device.type, torch.bfloat16,
                                        enabled=device.type == 'cuda')
 
-    def __call__(self, x=None):
+    def __call__(self, x: Optional[torch.Tensor] = None) -> float:
         x = self.x if x is None else x
         with self.autocast:
             out = self.model(x)
@@ -156,7 +175,8 @@ class Step:
         self.opt.step()
         return loss.item()  # the loop's sync (mmengine logs every loss)
 
-    def ms(self, steps, warmup):
+    def ms(self, steps: int, warmup: int) -> float:
+        """Mean ms of ``steps`` steps on a fixed batch, after ``warmup``."""
         for _ in range(warmup):
             self()
         sync(self.device)
@@ -168,31 +188,51 @@ class Step:
 
 
 class DecodingThread:
-    """Decodes batch after batch on a stream of its own until stopped,
-    counting images."""
+    """A thread that decodes batch after batch until the ``with`` block
+    ends, on a CUDA stream of its own (what nvImageCodec decodes on;
+    torchvision's nvJPEG uses its own stream whatever the caller's).
 
-    def __init__(self, decoder, batches, device):
+    An error in the thread is raised again by :meth:`rate` and on leaving
+    the block, never read as a low rate.
+
+    Args:
+        decoder (Decoder): What decodes.
+        batches (list[list[bytes]]): Decoded in turn, over and over.
+        device (torch.device): The decoder's device.
+    """
+
+    def __init__(self, decoder: Decoder, batches: List[List[bytes]],
+                 device: torch.device):
         self.decoder, self.batches, self.device = decoder, batches, device
-        self.count = 0
+        self.done: List[Tuple[float, int]] = []  # (finish time, images)
+        self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        stream = None
-        if self.device.type == 'cuda':
-            torch.cuda.set_device(self.device)
-            stream = torch.cuda.Stream(self.device)
-        while not self._stop.is_set():
-            for blobs in self.batches:
-                if self._stop.is_set():
-                    break
-                if stream is None:
-                    self.decoder(blobs)
-                else:
-                    with torch.cuda.stream(stream):
+        try:
+            stream = None
+            if self.device.type == 'cuda':
+                torch.cuda.set_device(self.device)
+                stream = torch.cuda.Stream(self.device)
+            while not self._stop.is_set():
+                for blobs in self.batches:
+                    if self._stop.is_set():
+                        break
+                    if stream is None:
                         self.decoder(blobs)
-                    stream.synchronize()
-                self.count += len(blobs)
+                    else:
+                        with torch.cuda.stream(stream):
+                            self.decoder(blobs)
+                        stream.synchronize()
+                    self.done.append((time.perf_counter(), len(blobs)))
+        except BaseException as exc:  # noqa: BLE001 (raised in the caller)
+            self.error = exc
+
+    def _check(self):
+        if self.error is not None:
+            raise RuntimeError(
+                f'The decoding thread failed: {self.error!r}') from self.error
 
     def __enter__(self):
         self._thread.start()
@@ -202,15 +242,26 @@ class DecodingThread:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if exc[0] is None:
+            self._check()
 
-    def rate(self, seconds_fn):
-        """Run ``seconds_fn`` (returns None); images/s meanwhile."""
-        c0, t0 = self.count, time.perf_counter()
-        out = seconds_fn()
-        return out, (self.count - c0) / (time.perf_counter() - t0)
+    def rate(self, fn: Callable[[], float]) -> Tuple[float, dict]:
+        """Run ``fn``; what it returns, and the thread's decoding meanwhile.
+
+        Returns:
+            tuple: ``fn()``, and ``img_s`` (images of the batches finished
+            in the window, over the window), ``batches`` and ``seconds``.
+        """
+        t0 = time.perf_counter()
+        out = fn()
+        t1 = time.perf_counter()
+        self._check()
+        done = [n for t, n in list(self.done) if t0 <= t <= t1]
+        return out, dict(img_s=sum(done) / (t1 - t0), batches=len(done),
+                         seconds=t1 - t0)
 
 
-def python_loop(seconds=2.0):
+def python_loop(seconds: float = 2.0) -> float:
     """Iterations per second of a pure-Python loop."""
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -219,28 +270,40 @@ def python_loop(seconds=2.0):
     return n / (time.perf_counter() - t0)
 
 
-# --- the workers mode: everything here is pickled by name into spawned
-# --- worker processes, so it lives at module level.
+# --- the workers mode: what is pickled into the spawned worker processes
+# --- lives at module level.
 class EncodedFiles(torch.utils.data.Dataset):
+    """The bytes of each file, read when asked for.
 
-    def __init__(self, blobs):
-        self.blobs = blobs
+    Args:
+        paths (list[str]): The files.
+    """
 
-    def __len__(self):
-        return len(self.blobs)
+    def __init__(self, paths: List[str]):
+        self.paths = paths
 
-    def __getitem__(self, i):
-        return self.blobs[i]
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> bytes:
+        with open(self.paths[i], 'rb') as f:
+            return f.read()
 
 
 class WorkerCollate:
-    """Decodes a batch in the worker into one flat buffer + sizes."""
+    """Decodes a batch in the worker into one flat buffer and the sizes.
 
-    def __init__(self, decoder_name, device):
+    Args:
+        decoder_name (str): One of :data:`DECODERS`.
+        device (str): Where to decode.
+    """
+
+    def __init__(self, decoder_name: str, device: str):
         self.decoder_name, self.device = decoder_name, str(device)
         self._decoder = None
 
-    def __call__(self, blobs):
+    def __call__(self,
+                 blobs: Sequence[bytes]) -> Tuple[torch.Tensor, torch.Tensor]:
         if self._decoder is None:
             device = torch.device(self.device)
             if device.type == 'cuda':
@@ -251,10 +314,29 @@ class WorkerCollate:
         return torch.cat([img.reshape(-1) for img in images]), sizes
 
 
-def crop_batch(flat, sizes, size, boxes=None):
+def crop_batch(flat: torch.Tensor,
+               sizes: torch.Tensor,
+               size: int,
+               boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """RandomResizedCrop of a flat decoded batch, as the GPU-decode
-    preprocessor does it (``boxes``: ``(B, 4)`` crop boxes; default:
-    drawn as RandomResizedCrop's)."""
+    preprocessor does it.
+
+    Args:
+        flat (torch.Tensor): The images' CHW pixels one after another.
+        sizes (torch.Tensor): ``(B, 2)`` ``(H, W)`` of each image.
+        size (int): The crops' side.
+        boxes (torch.Tensor, optional): ``(B, 4)`` crop boxes ``(top,
+            left, height, width)``. Defaults to RandomResizedCrop's.
+
+    Returns:
+        torch.Tensor: ``(B, 3, size, size)`` in [0, 1], channels-last.
+    """
+    # Imported here: the spawned workers import this module, and need
+    # torch and torchvision only.
+    from galddc_mm.models.data_preprocessors.crop_geometry import (
+        resample_bilinear,
+        sample_crop_boxes,
+    )
     sizes = sizes.long()
     planes = (3 * sizes[:, 0] * sizes[:, 1]).tolist()
     images = [v.view(3, h, w) for v, (h, w) in zip(
@@ -265,62 +347,72 @@ def crop_batch(flat, sizes, size, boxes=None):
     return (x / 255.).contiguous(memory_format=torch.channels_last)
 
 
-def cycle(loader):
-    """The loader's batches, epoch after epoch."""
-    while True:
-        yield from loader
+def run_workers(args, name: str, paths: List[str], step: Step,
+                device: torch.device) -> dict:
+    """The ``workers`` mode of decoder ``name``.
 
-
-def run_workers(args, name, blobs, step, device):
+    Returns:
+        dict: ``img_s`` and ``iter_ms`` (batch wait, crop and step) of the
+        timed steps, and ``waiting``: their share spent waiting for a
+        batch.
+    """
+    batches = args.warmup + args.steps + 2 * max(args.workers, 1) + 1
+    sampler = torch.utils.data.RandomSampler(
+        paths, replacement=True, num_samples=batches * args.batch_size)
     loader = torch.utils.data.DataLoader(
-        EncodedFiles(blobs), batch_size=args.batch_size, shuffle=True,
+        EncodedFiles(paths), batch_size=args.batch_size, sampler=sampler,
         num_workers=args.workers, collate_fn=WorkerCollate(name, device),
-        multiprocessing_context='spawn', persistent_workers=True,
+        multiprocessing_context='spawn' if args.workers else None,
         drop_last=True)
-
-    it = cycle(loader)
-    waits = []
+    it = iter(loader)  # one epoch covers the warm-up and the timed steps
     try:
-        for i in range(args.warmup + args.steps):
-            if i == args.warmup:
-                sync(device)
-                t0, waits = time.perf_counter(), []
+        for _ in range(args.warmup):
+            flat, sizes = next(it)
+            step(crop_batch(flat, sizes, args.image_size))
+        sync(device)
+        waits, t0 = 0.0, time.perf_counter()
+        for _ in range(args.steps):
             tw = time.perf_counter()
             flat, sizes = next(it)
-            waits.append(time.perf_counter() - tw)
+            waits += time.perf_counter() - tw
             step(crop_batch(flat, sizes, args.image_size))
             del flat
         sync(device)
         elapsed = time.perf_counter() - t0
     finally:
-        del it
-        # Workers end while the batches they sent may still be held
-        # here: torch warns about CUDA IPC then; nothing is leaked.
-        del loader
+        # Workers may end while batches they sent are still held here:
+        # torch warns about CUDA IPC then; nothing is leaked.
+        del it, loader
     return dict(img_s=args.batch_size * args.steps / elapsed,
-                step_ms=elapsed / args.steps * 1e3,
-                waiting=sum(waits) / elapsed)
+                iter_ms=elapsed / args.steps * 1e3,
+                waiting=waits / elapsed)
 
 
-def main(argv=None):
+def main(argv=None) -> dict:
+    """Run the modes for each decoder; the results (also as JSON)."""
     args = parse_args(argv)
     modes = [m for m in args.modes.split(',') if m]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise SystemExit(f'Unknown modes {unknown}; choose from {MODES}.')
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit('--steps must be >= 1 and --warmup >= 0.')
     device = torch.device(args.device or (
         'cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda':
         device = torch.device('cuda', device.index or 0)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-    blobs = read_files(args.files, 8 * args.batch_size)
+    paths = sorted(glob.glob(args.files))
+    # In memory for the modes of this process: 8 batches.
+    blobs = read_files(paths[:8 * args.batch_size])
     batches = [blobs[i:i + args.batch_size]
                for i in range(0, len(blobs), args.batch_size)]
     batches = [b for b in batches if len(b) == args.batch_size]
     if not batches:
-        raise SystemExit(f'Fewer files than one batch ({args.batch_size}).')
-    res = dict(device=str(device), files=len(blobs),
+        raise SystemExit(f'{args.files!r} matches {len(paths)} files, '
+                         f'fewer than one batch ({args.batch_size}).')
+    res = dict(device=str(device), files=len(paths),
                mean_kb=statistics.mean(map(len, blobs)) / 1e3,
                torch=torch.__version__, torchvision=torchvision.__version__,
                args=vars(args), results={})
@@ -336,12 +428,12 @@ def main(argv=None):
         row = res['results'][name] = {}
         try:
             decoder = Decoder(name, device)
+            for blobs_ in batches[:2]:  # set-up; a file it cannot decode
+                decoder(blobs_)
         except (ImportError, RuntimeError) as exc:
             row['skipped'] = f'{type(exc).__name__}: {exc}'
             print(f'[{name}] skipped: {row["skipped"]}', flush=True)
             continue
-        for blobs_ in batches[:2]:
-            decoder(blobs_)
         sync(device)
         if 'alone' in modes:
             t0 = time.perf_counter()
@@ -353,15 +445,13 @@ def main(argv=None):
         if 'thread' in modes:
             with DecodingThread(decoder, batches, device) as th:
                 ms, rate = th.rate(lambda: step.ms(args.steps, 1))
-            row['thread'] = dict(step_ms=ms, decode_img_s=rate)
+            row['thread'] = dict(step_ms=ms, decode=rate)
         if 'gil' in modes:
             with DecodingThread(decoder, batches, device) as th:
-                loop, rate = th.rate(
-                    lambda: python_loop(args.gil_seconds))
-            row['gil'] = dict(python_loop=loop / loop_alone,
-                              decode_img_s=rate)
+                loop, rate = th.rate(lambda: python_loop(args.gil_seconds))
+            row['gil'] = dict(python_loop=loop / loop_alone, decode=rate)
         if 'workers' in modes:
-            row['workers'] = run_workers(args, name, blobs, step, device)
+            row['workers'] = run_workers(args, name, paths, step, device)
         print(f'[{name}] {json.dumps(row)}', flush=True)
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
