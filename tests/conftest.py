@@ -176,6 +176,21 @@ def run_tool(
     return proc
 
 
+def hook_env(**extra: str) -> Dict[str, str]:
+    """Extra environment of a tool run whose config loads test-only hooks
+    (``tests/crash_hook.py``): the tests folder importable."""
+    return dict(PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]), **extra)
+
+
+def torchrun(nproc: int = 2) -> List[str]:
+    """The ``python`` of :func:`run_tool` for ``nproc`` processes started
+    by torchrun on a free port."""
+    return [
+        sys.executable, '-m', 'torch.distributed.run',
+        f'--nproc_per_node={nproc}', f'--master_port={free_port()}'
+    ]
+
+
 def run_dirs(work_dir: str) -> List[str]:
     """The ``<work_dir>/<timestamp>`` folders of the runs, oldest first."""
     return sorted(
@@ -288,8 +303,7 @@ def tiny_galddc_reference(tmp_path_factory):
         'tools/train.py', TINY_GALDDC_CONFIG, '--work-dir', work_dir,
         '--cfg-options', *TINY_GALDDC
     ],
-                    env=dict(PYTHONPATH=os.pathsep.join(
-                        [REPO_ROOT, TESTS_DIR])),
+                    env=hook_env(),
                     timeout=600)
     return work_dir, proc.stdout + proc.stderr
 

@@ -16,16 +16,14 @@ run, and torchrun failed the job; the runner now joins the group's
 threads at exit. The hook changes no number: it runs after the run.
 """
 import glob
-import os
 import os.path as osp
 import tempfile
 from unittest import TestCase
 
 from conftest import (
     DIGITS_CONFIG,
-    REPO_ROOT,
-    TESTS_DIR,
     free_port,
+    hook_env,
     parse_metric_tables,
     read_final_metrics,
     run_dirs,
@@ -61,8 +59,7 @@ custom_hooks = [dict(type='LateLastCollectiveHook', rank=1)]
 
 
 def _dist_env():
-    return dict(PORT=str(free_port()),
-                PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]))
+    return hook_env(PORT=str(free_port()))
 
 
 class TestTwoProcessCPU(TestCase):

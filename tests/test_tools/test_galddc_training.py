@@ -7,21 +7,19 @@ and check that ``--resume`` ends with the same geometry and metrics; the
 gloo tests run 2 processes.
 """
 import json
-import os
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
 from conftest import (
     REPO_ROOT,
-    TESTS_DIR,
     TINY_GALDDC,
     TINY_GALDDC_CONFIG,
-    free_port,
+    hook_env,
     read_final_metrics,
     run_tool,
+    torchrun,
 )
 
 CONFIG = TINY_GALDDC_CONFIG
@@ -38,8 +36,8 @@ def _train(work_dir, *extra, config=CONFIG, options=(), check=True,
         'tools/train.py', config, '--work-dir', work_dir, *extra,
         '--cfg-options', *TINY, *options
     ]
-    env = dict(PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]))
-    return run_tool(args, check=check, env=env, python=python, timeout=600)
+    return run_tool(args, check=check, env=hook_env(), python=python,
+                    timeout=600)
 
 
 def _crash_config(folder, epoch):
@@ -194,20 +192,13 @@ class TestGenerationGate:
         assert re.search(r'WARNING - Generation gate: the latents', log)
         assert osp.isfile(osp.join(work_dir, 'epoch_4.pth'))
 
-def _torchrun(nproc):
-    return [
-        sys.executable, '-m', 'torch.distributed.run',
-        f'--nproc_per_node={nproc}', f'--master_port={free_port()}'
-    ]
-
-
 class TestDistributedTraining:
 
     def test_two_gloo_processes_three_stages(self, tmp_path):
         """A 3-stage run on 2 processes; then its geometry initialisation
         against 1 process starting stage 2 from its stage-1 checkpoint."""
         two = str(tmp_path / 'two')
-        proc = _train(two, '--launcher', 'pytorch', python=_torchrun(2))
+        proc = _train(two, '--launcher', 'pytorch', python=torchrun(2))
         log = proc.stdout + proc.stderr
         assert 'bit-identical across 2 rank(s)' in log
         with open(osp.join(two, 'rank_consistency.json')) as f:

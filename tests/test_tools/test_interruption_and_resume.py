@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import (
     REPO_ROOT,
-    TESTS_DIR,
     TINY_GALDDC,
     TINY_GALDDC_CONFIG,
+    hook_env,
     read_final_metrics,
     run_tool,
 )
@@ -39,8 +39,7 @@ def _train(work_dir, *extra, config=CONFIG, options=(), check=True):
         'tools/train.py', config, '--work-dir', work_dir, *extra,
         '--cfg-options', *TINY, *options
     ]
-    env = dict(PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]))
-    proc = run_tool(args, check=check, env=env, timeout=600)
+    proc = run_tool(args, check=check, env=hook_env(), timeout=600)
     proc.log = proc.stdout + proc.stderr
     return proc
 

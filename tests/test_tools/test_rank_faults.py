@@ -10,13 +10,11 @@ hangs instead. (That a run which succeeded exits 0 even when its last
 collective ends late is checked by the 2-process runs of
 ``test_dist_tools.py``.)
 """
-import os
 import os.path as osp
-import sys
 import tempfile
 from unittest import TestCase
 
-from conftest import REPO_ROOT, TESTS_DIR, free_port, run_tool
+from conftest import REPO_ROOT, hook_env, run_tool, torchrun
 
 CONFIG = 'configs/galddc/r20_digitslt.py'
 TINY = [
@@ -43,18 +41,13 @@ custom_hooks = [
 
 
 def _torchrun(config, work_dir, *options):
-    python = [
-        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={free_port()}'
-    ]
-    env = dict(PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]))
     return run_tool([
         'tools/train.py', config, '--work-dir', work_dir, '--launcher',
         'pytorch', '--cfg-options', *TINY, *options
     ],
                     check=False,
-                    env=env,
-                    python=python,
+                    env=hook_env(),
+                    python=torchrun(2),
                     timeout=120)
 
 
