@@ -9,6 +9,7 @@ from mmpretrain.registry import RUNNERS
 
 from galddc_mm.utils.checkpoint_safety import find_resumable_checkpoint
 
+from .loader_workers import stop_runner_loader_workers
 from .process_group import init_process_group, track_model_owner
 
 
@@ -39,6 +40,10 @@ class GALDDCRunner(Runner):
       finalization could abort a successful run (``terminate called
       without an active exception``, SIGABRT). See
       :mod:`galddc_mm.engine.runner.process_group`.
+    - ``train``, ``val`` and ``test`` stop the worker processes of the
+      persistent dataloaders when they return or raise: torch 2.11 would
+      wait 5 s for each at exit (2 minutes for the ResNet-50 recipes; see
+      :mod:`galddc_mm.engine.runner.loader_workers`).
 
     Args: as :class:`mmengine.runner.Runner`.
     """
@@ -69,18 +74,27 @@ class GALDDCRunner(Runner):
         return wrapped
 
     def train(self) -> nn.Module:
-        model = super().train()
-        barrier()  # no-op without a process group
+        try:
+            model = super().train()
+            barrier()  # no-op without a process group
+        finally:
+            stop_runner_loader_workers(self)
         return model
 
     def val(self) -> dict:
-        metrics = super().val()
-        barrier()  # no-op without a process group
+        try:
+            metrics = super().val()
+            barrier()  # no-op without a process group
+        finally:
+            stop_runner_loader_workers(self)
         return metrics
 
     def test(self) -> dict:
-        metrics = super().test()
-        barrier()  # no-op without a process group
+        try:
+            metrics = super().test()
+            barrier()  # no-op without a process group
+        finally:
+            stop_runner_loader_workers(self)
         return metrics
 
 
