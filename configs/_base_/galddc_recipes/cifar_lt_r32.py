@@ -8,8 +8,9 @@ _base_ = ['../galddc_default.py']
 model = dict(
     # GPU recipe: channels-last weights and batches (cuDNN's fast kernels).
     # fold_frozen_bn, compile_frozen_encoder and
-    # pseudo_sampling.compile_denoiser stay off: faster steps, but no gain
-    # in a data-bound whole run and a slow exit (docs/benchmarks.md).
+    # pseudo_sampling.compile_denoiser stay off, as in the ResNet-50 recipe
+    # (their compiling costs more than they save there; docs/benchmarks.md,
+    # "Round 5"); not measured with this backbone.
     channels_last=True,
     backbone=dict(type='CifarResNet', depth=32, shortcut='A'),
     # mmpretrain's LabelSmoothLoss syncs with the host (.item()) every step;
