@@ -4,13 +4,15 @@
 torch 2.11 waits 5 s for each such worker at exit (2 minutes for the
 ResNet-50 recipes); see galddc_mm/engine/runner/loader_workers.py.
 """
-import pytest
+import tempfile
+from unittest import TestCase, mock
+
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 from toy_runner import ToySet, toy_runner
 
-from galddc_mm.engine.runner import GALDDCRunner
-from galddc_mm.engine.runner.loader_workers import (
+from galddc_mm.engine.runner import (
+    GALDDCRunner,
     runner_dataloaders,
     stop_loader_workers,
 )
@@ -55,67 +57,91 @@ class RecordWorkers(Hook):
             raise RuntimeError('planned failure')
 
 
-def _runner(tmp_path, hook, **kwargs):
-    return toy_runner(
-        str(tmp_path), max_epochs=2, runner_cls=GALDDCRunner,
-        train_dataloader=_persistent_loader(),
-        val_dataloader=_persistent_loader(),
-        test_dataloader=_persistent_loader(),
-        train_cfg=dict(by_epoch=True, max_epochs=2, val_interval=1),
-        custom_hooks=[hook], **kwargs)
+class TestStopLoaderWorkers(TestCase):
+
+    def test_stops_and_the_loader_restarts(self):
+        loader = DataLoader(ToySet(), batch_size=4, num_workers=2,
+                            persistent_workers=True)
+        first = list(loader)
+        workers = list(loader._iterator._workers)
+        self.assertTrue(all(w.is_alive() for w in workers))  # kept alive
+
+        self.assertEqual(stop_loader_workers([loader]), 2)
+        self.assertFalse(any(w.is_alive() for w in workers))
+        self.assertIsNone(loader._iterator)
+        self.assertEqual(stop_loader_workers([loader]), 0)  # none left
+
+        # The loader starts new workers and reads the same batches.
+        again = list(loader)
+        self.assertEqual(len(again), 2)
+        for a, b in zip(first, again):
+            self.assertTrue((a['inputs'] == b['inputs']).all())
+        self.assertTrue(all(w.is_alive() for w in loader._iterator._workers))
+        stop_loader_workers([loader])
+
+    def test_loaders_that_keep_no_iterator_are_left_alone(self):
+        plain = DataLoader(ToySet(), batch_size=4, num_workers=2)
+        live = iter(plain)  # the caller's iterator, not the loader's
+        next(live)
+        in_process = DataLoader(ToySet(), batch_size=4)
+        list(in_process)
+        self.assertEqual(stop_loader_workers([plain, in_process]), 0)
+        self.assertTrue(all(w.is_alive() for w in live._workers))
+        self.assertEqual(len(list(live)), 1)  # still reads its last batch
 
 
-def test_stop_loader_workers_stops_and_the_loader_restarts():
-    loader = DataLoader(ToySet(), batch_size=4, num_workers=2,
-                        persistent_workers=True)
-    first = [b for b in loader]
-    workers = list(loader._iterator._workers)
-    assert all(w.is_alive() for w in workers)  # persistent: kept alive
+class TestRunnerStopsWorkers(TestCase):
 
-    assert stop_loader_workers([loader]) == 2
-    assert not any(w.is_alive() for w in workers)
-    assert loader._iterator is None
-    assert stop_loader_workers([loader]) == 0  # nothing left to stop
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = self._tmp.name
 
-    # The loader starts new workers and reads the same batches.
-    again = [b for b in loader]
-    assert len(again) == len(first) == 2
-    assert all((a['inputs'] == b['inputs']).all()
-               for a, b in zip(first, again))
-    new_workers = loader._iterator._workers
-    assert all(w.is_alive() for w in new_workers)
-    stop_loader_workers([loader])
+    def tearDown(self):
+        self._tmp.cleanup()
 
+    def _runner(self, hook):
+        return toy_runner(
+            self.tmp, max_epochs=2, runner_cls=GALDDCRunner,
+            train_dataloader=_persistent_loader(),
+            val_dataloader=_persistent_loader(),
+            test_dataloader=_persistent_loader(),
+            train_cfg=dict(by_epoch=True, max_epochs=2, val_interval=1),
+            custom_hooks=[hook])
 
-def test_loaders_without_kept_iterators_are_left_alone():
-    plain = DataLoader(ToySet(), batch_size=4, num_workers=2)
-    in_process = DataLoader(ToySet(), batch_size=4)
-    for loader in (plain, in_process):
-        list(loader)
-    assert stop_loader_workers([plain, in_process]) == 0
+    def test_train_then_test_leave_no_worker_alive(self):
+        hook = RecordWorkers()
+        runner = self._runner(hook)
+        with self.assertLogs(runner.logger, 'INFO') as logs:
+            runner.train()
+        # Training and validation started 2 workers each; all stopped when
+        # train() returned, and the log says so.
+        self.assertEqual(len(hook.workers), 4)
+        self.assertFalse(any(w.is_alive() for w in hook.workers))
+        self.assertIn('Stopped the 4 worker processes', '\n'.join(
+            logs.output))
+        self.assertEqual(len(runner_dataloaders(runner)), 2)  # no test yet
 
+        runner.test()
+        self.assertEqual(len(hook.workers), 6)
+        self.assertFalse(any(w.is_alive() for w in hook.workers))
+        self.assertTrue(all(loader._iterator is None
+                            for loader in runner_dataloaders(runner)))
 
-def test_train_then_test_leaves_no_worker_alive(tmp_path):
-    hook = RecordWorkers()
-    runner = _runner(tmp_path, hook)
-    runner.train()
-    # Training (2 per loader) and validation (2) started workers; all
-    # stopped when train() returned.
-    assert len(hook.workers) == 4
-    assert not any(w.is_alive() for w in hook.workers)
-    assert len(runner_dataloaders(runner)) == 2  # train, val: test unbuilt
+    def test_a_failed_run_stops_its_workers_and_keeps_its_error(self):
+        hook = RecordWorkers(fail_at_epoch=1)
+        runner = self._runner(hook)
+        with self.assertRaisesRegex(RuntimeError, 'planned failure'):
+            runner.train()
+        self.assertTrue(hook.workers)
+        self.assertFalse(any(w.is_alive() for w in hook.workers))
 
-    runner.test()
-    assert len(hook.workers) == 6
-    assert not any(w.is_alive() for w in hook.workers)
-    assert all(loader._iterator is None
-               for loader in runner_dataloaders(runner))
-
-
-def test_a_failed_run_stops_its_workers_and_keeps_its_error(tmp_path):
-    hook = RecordWorkers(fail_at_epoch=1)
-    runner = _runner(tmp_path, hook)
-    with pytest.raises(RuntimeError, match='planned failure'):
-        runner.train()
-    assert hook.workers
-    assert not any(w.is_alive() for w in hook.workers)
+    def test_a_failure_to_stop_is_logged_not_raised(self):
+        runner = self._runner(RecordWorkers())
+        with mock.patch(
+                'galddc_mm.engine.runner.loader_workers.stop_loader_workers',
+                side_effect=OSError('no such process')), \
+                self.assertLogs(runner.logger, 'WARNING') as logs:
+            runner.train()
+        self.assertIn('Could not stop the dataloader workers (OSError: no '
+                      'such process)', '\n'.join(logs.output))
+        stop_loader_workers(runner_dataloaders(runner))

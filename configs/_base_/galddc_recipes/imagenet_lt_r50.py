@@ -12,7 +12,7 @@ model = dict(
     # GPU recipe: channels-last weights and batches (cuDNN's fast kernels).
     # fold_frozen_bn, compile_frozen_encoder and
     # pseudo_sampling.compile_denoiser stay off: 9-19% faster hybrid epochs,
-    # but ~25-30 s of compiling per rank, more than they save in 10 hybrid
+    # but ~26 s of compiling per rank, more than they save in 10 hybrid
     # epochs on 8 GPUs (docs/benchmarks.md, "Round 5").
     channels_last=True,
     backbone=dict(

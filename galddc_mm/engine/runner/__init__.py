@@ -2,6 +2,11 @@
 from .cpu_compatible_ddp import CPUCompatibleDDP, cpu_compatible_ddp_kwargs
 from .galddc_ddp import GALDDCDistributedDataParallel
 from .galddc_runner import GALDDCRunner
+from .loader_workers import (
+    runner_dataloaders,
+    stop_loader_workers,
+    stop_runner_loader_workers,
+)
 from .process_group import (
     init_process_group,
     release_model_wrappers,
@@ -12,5 +17,6 @@ from .process_group import (
 __all__ = [
     'CPUCompatibleDDP', 'GALDDCDistributedDataParallel', 'GALDDCRunner',
     'cpu_compatible_ddp_kwargs', 'init_process_group',
-    'release_model_wrappers', 'shutdown_process_group', 'track_model_owner'
+    'release_model_wrappers', 'runner_dataloaders', 'shutdown_process_group',
+    'stop_loader_workers', 'stop_runner_loader_workers', 'track_model_owner'
 ]
