@@ -4,15 +4,16 @@
 A ``DataLoader`` with ``persistent_workers=True`` keeps its iterator, and
 so its worker processes, for as long as the loader lives, and the runner's
 loops keep their loaders to the end of the process. torch (2.11 here, and
-earlier versions since 1.11; pytorch/pytorch#81794) registers one exit
-handler per worker of a persistent, pinned-memory iterator that joins the
-worker with a 5-second timeout and only then terminates it; nothing told
-the worker to stop, so every join runs into its timeout. With the
-ResNet-50 recipes' 8 workers for the training, validation and test loaders
-that is 24 x 5 = 120 s after the last log line, on every rank (measured on
-one H200 with torch 2.11: 121.2 s between the end of ``main()`` and the
-last exit handler, docs/benchmarks.md). Newer torch shuts such iterators
-down properly at exit; the handlers then find nothing to wait for.
+the versions before it back to pytorch/pytorch#72269 of 2022; the wait is
+pytorch/pytorch#81794) registers one exit handler per worker of a
+persistent, pinned-memory iterator that joins the worker with a 5-second
+timeout and only then terminates it; nothing told the worker to stop, so
+every join runs into its timeout. With the ResNet-50 recipes' 8 workers
+for the training, validation and test loaders that is 24 x 5 = 120 s
+after the last log line, on every rank (measured on one H200 with torch
+2.11: 121.2 s between the end of ``main()`` and the last exit handler,
+docs/benchmarks.md). Newer torch (2.14) shuts such iterators down at
+exit itself.
 
 :func:`stop_loader_workers` shuts the iterators down the way their own
 ``__del__`` does (the pin-memory thread first, then each worker through
