@@ -182,6 +182,20 @@ def hook_env(**extra: str) -> Dict[str, str]:
     return dict(PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR]), **extra)
 
 
+def hook_config(folder: str, name: str, base: str, hooks: List[dict]) -> str:
+    """Write ``<folder>/<name>.py``: the config ``base`` with ``hooks`` as
+    its ``custom_hooks`` and ``tests/crash_hook.py`` imported (run it with
+    :func:`hook_env`). Returns the path."""
+    path = osp.join(folder, f'{name}.py')
+    with open(path, 'w') as f:
+        f.write(f'''_base_ = [{base!r}]
+custom_imports = dict(
+    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
+custom_hooks = {hooks!r}
+''')
+    return path
+
+
 def torchrun(nproc: int = 2) -> List[str]:
     """The ``python`` of :func:`run_tool` for ``nproc`` processes started
     by torchrun on a free port."""

@@ -23,6 +23,7 @@ from unittest import TestCase
 from conftest import (
     DIGITS_CONFIG,
     free_port,
+    hook_config,
     hook_env,
     parse_metric_tables,
     read_final_metrics,
@@ -48,14 +49,8 @@ def rank_tables(work_dir):
 
 def _late_collective_config(folder):
     """The CE baseline plus a hook that delays rank 1's last collective."""
-    path = osp.join(folder, 'late_last_collective.py')
-    with open(path, 'w') as f:
-        f.write(f'''_base_ = [{DIGITS_CONFIG!r}]
-custom_imports = dict(
-    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
-custom_hooks = [dict(type='LateLastCollectiveHook', rank=1)]
-''')
-    return path
+    return hook_config(folder, 'late_last_collective', DIGITS_CONFIG,
+                       [dict(type='LateLastCollectiveHook', rank=1)])
 
 
 def _dist_env():

@@ -16,6 +16,7 @@ from conftest import (
     REPO_ROOT,
     TINY_GALDDC,
     TINY_GALDDC_CONFIG,
+    hook_config,
     hook_env,
     read_final_metrics,
     run_tool,
@@ -42,18 +43,13 @@ def _train(work_dir, *extra, config=CONFIG, options=(), check=True,
 
 def _crash_config(folder, epoch):
     """The main config plus a hook that SIGKILLs after epoch ``epoch``."""
-    path = osp.join(folder, f'crash_after_{epoch}.py')
-    with open(path, 'w') as f:
-        f.write(f'''_base_ = [{osp.join(REPO_ROOT, CONFIG)!r}]
-custom_imports = dict(
-    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
-custom_hooks = [
-    dict(type='GenerationReportHook', num_per_class=4, gate='warn'),
-    dict(type='RankConsistencyHook'),
-    dict(type='CrashAfterEpochHook', epoch={epoch}),
-]
-''')
-    return path
+    return hook_config(folder, f'crash_after_{epoch}',
+                       osp.join(REPO_ROOT, CONFIG), [
+                           dict(type='GenerationReportHook', num_per_class=4,
+                                gate='warn'),
+                           dict(type='RankConsistencyHook'),
+                           dict(type='CrashAfterEpochHook', epoch=epoch),
+                       ])
 
 
 def _state(path):

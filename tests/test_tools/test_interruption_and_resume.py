@@ -22,6 +22,7 @@ from conftest import (
     REPO_ROOT,
     TINY_GALDDC,
     TINY_GALDDC_CONFIG,
+    hook_config,
     hook_env,
     read_final_metrics,
     run_tool,
@@ -46,18 +47,11 @@ def _train(work_dir, *extra, config=CONFIG, options=(), check=True):
 
 def _fault_config(folder, name, hook):
     """The main config plus one test-only fault hook."""
-    path = osp.join(folder, f'{name}.py')
-    with open(path, 'w') as f:
-        f.write(f'''_base_ = [{osp.join(REPO_ROOT, CONFIG)!r}]
-custom_imports = dict(
-    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
-custom_hooks = [
-    dict(type='GenerationReportHook', num_per_class=4, gate='warn'),
-    dict(type='RankConsistencyHook'),
-    {hook!r},
-]
-''')
-    return path
+    return hook_config(folder, name, osp.join(REPO_ROOT, CONFIG), [
+        dict(type='GenerationReportHook', num_per_class=4, gate='warn'),
+        dict(type='RankConsistencyHook'),
+        hook,
+    ])
 
 
 def _state(path):

@@ -14,7 +14,7 @@ import os.path as osp
 import tempfile
 from unittest import TestCase
 
-from conftest import REPO_ROOT, hook_env, run_tool, torchrun
+from conftest import REPO_ROOT, hook_config, hook_env, run_tool, torchrun
 
 CONFIG = 'configs/galddc/r20_digitslt.py'
 TINY = [
@@ -27,17 +27,9 @@ TINY = [
 
 
 def _fault_config(folder, fault):
-    path = osp.join(folder, f'{fault}.py')
-    with open(path, 'w') as f:
-        f.write(f'''_base_ = [{osp.join(REPO_ROOT, CONFIG)!r}]
-custom_imports = dict(
-    imports=['galddc_mm', 'crash_hook'], allow_failed_imports=False)
-custom_hooks = [
-    dict(type='FaultInjectionHook', fault={fault!r}, epoch=1, iter=1,
-         rank=1),
-]
-''')
-    return path
+    return hook_config(folder, fault, osp.join(REPO_ROOT, CONFIG), [
+        dict(type='FaultInjectionHook', fault=fault, epoch=1, iter=1, rank=1)
+    ])
 
 
 def _torchrun(config, work_dir, *options):
