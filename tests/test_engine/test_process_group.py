@@ -1,13 +1,16 @@
 # Copyright (c) galddc_mm contributors. All rights reserved.
 """The process group's start (gloo on CPU) and end (threads joined)."""
 import datetime
+import json
 import os
+import subprocess
 import sys
+import textwrap
 from unittest import TestCase, mock
 
 import torch
 import torch.nn as nn
-from conftest import free_port
+from conftest import free_port, tool_env
 from mmengine.model import MMSeparateDistributedDataParallel
 from torch import distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
@@ -109,3 +112,37 @@ class TestReleaseModelWrappers(TestCase):
                     for m in model.modules()))
         finally:
             torch_dist.destroy_process_group()
+
+
+class TestModulesBindingWorld(TestCase):
+    """Modules imported after the group starts do not keep it alive."""
+
+    def test_late_imports_leave_no_thread(self):
+        # A fresh interpreter: in this one the modules are long imported.
+        code = textwrap.dedent("""
+            import json, sys
+            from galddc_mm.engine.runner import process_group as pg
+            not_yet = [m for m in pg.MODULES_BINDING_WORLD
+                       if m not in sys.modules]
+            pg.init_process_group('pytorch', 'gloo')
+            # What user code, or mmengine's AmpOptimWrapper(use_fsdp=True),
+            # may import once the group runs.
+            import torch.distributed.fsdp.sharded_grad_scaler
+            import torch.distributed.nn
+            import torch.distributed.optim
+            running = pg.gloo_worker_threads()
+            pg.shutdown_process_group()
+            print(json.dumps(dict(not_yet=not_yet, running=running,
+                                  left=pg.gloo_worker_threads())))
+            """)
+        proc = subprocess.run([sys.executable, '-c', code],
+                              env=tool_env(_single_process_env()),
+                              capture_output=True,
+                              text=True,
+                              timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertGreater(result['running'], 0)
+        self.assertEqual(result['left'], 0, proc.stderr[-3000:])
+        # init_process_group had at least one of them still to import.
+        self.assertTrue(result['not_yet'])

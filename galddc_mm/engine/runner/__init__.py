@@ -8,6 +8,7 @@ from .loader_workers import (
     stop_runner_loader_workers,
 )
 from .process_group import (
+    import_modules_binding_world,
     init_process_group,
     release_model_wrappers,
     shutdown_process_group,
@@ -16,7 +17,8 @@ from .process_group import (
 
 __all__ = [
     'CPUCompatibleDDP', 'GALDDCDistributedDataParallel', 'GALDDCRunner',
-    'cpu_compatible_ddp_kwargs', 'init_process_group',
+    'cpu_compatible_ddp_kwargs', 'import_modules_binding_world',
+    'init_process_group',
     'release_model_wrappers', 'runner_dataloaders', 'shutdown_process_group',
     'stop_loader_workers', 'stop_runner_loader_workers', 'track_model_owner'
 ]

@@ -27,14 +27,20 @@ things keep the group, and its workers, alive until the process dies:
 
 1. every ``DistributedDataParallel`` (``process_group`` attribute and its
    C++ reducer), and the runner keeps its wrapped model to the end;
-2. ``torch/distributed/nn/functional.py`` binds ``group=group.WORLD`` as a
-   *default argument* of ten functions when it is first imported, and DDP's
-   constructor imports it (through ``torch._dynamo``) once the group
-   exists: the group can then never be freed.
+2. three torch modules bind ``group.WORLD`` as a *default argument* when
+   they are first imported (:data:`MODULES_BINDING_WORLD`):
+   ``torch.distributed.nn`` (ten collectives), ``torch.distributed.optim``
+   (``ZeroRedundancyOptimizer``'s broadcast) and
+   ``torch.distributed.fsdp.sharded_grad_scaler``. Imported once the group
+   exists (DDP's constructor imports the first through ``torch._dynamo``;
+   importing ``mmengine.model`` or ``mmengine.optim`` imports the second;
+   ``AmpOptimWrapper(use_fsdp=True)`` the third), they hold the group
+   until the process ends.
 
-So :func:`init_process_group` imports ``torch.distributed.nn`` before the
-group exists (its defaults become ``None``, which means the default group
-anyway) and registers :func:`shutdown_process_group` with :mod:`atexit`.
+So :func:`init_process_group` imports these modules before the group
+exists (:func:`import_modules_binding_world`; their defaults become
+``None``, which means the default group anyway) and registers
+:func:`shutdown_process_group` with :mod:`atexit`.
 Exit handlers run while the interpreter is intact; the shutdown unwraps
 the model wrappers of every runner it was told about
 (:func:`track_model_owner`), destroys the group and collects it, so that
@@ -46,6 +52,7 @@ peer is still inside a collective.
 import atexit
 import datetime
 import gc
+import importlib
 import logging
 import os
 import sys
@@ -66,9 +73,9 @@ from torch import distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    'accelerator_available', 'gloo_worker_threads', 'init_process_group',
-    'live_thread_names', 'release_model_wrappers', 'shutdown_process_group',
-    'track_model_owner'
+    'MODULES_BINDING_WORLD', 'accelerator_available', 'gloo_worker_threads',
+    'import_modules_binding_world', 'init_process_group', 'live_thread_names',
+    'release_model_wrappers', 'shutdown_process_group', 'track_model_owner'
 ]
 
 #: Name the gloo backend gives its collective worker threads.
@@ -85,25 +92,40 @@ def accelerator_available() -> bool:
             or is_musa_available())
 
 
-def _bind_functional_defaults_early() -> None:
-    """Import ``torch.distributed.nn`` while no default group exists.
+#: Modules whose functions take ``group.WORLD`` as a default argument,
+#: evaluated at import: imported after the group exists, they hold it.
+MODULES_BINDING_WORLD = (
+    'torch.distributed.nn',
+    'torch.distributed.optim',
+    'torch.distributed.fsdp.sharded_grad_scaler',
+)
 
-    Its functions take ``group=group.WORLD`` as a default argument,
-    evaluated at import: imported after ``init_process_group`` they would
-    pin the group object for the life of the interpreter (see the module
+
+def import_modules_binding_world() -> None:
+    """Import :data:`MODULES_BINDING_WORLD` while no default group exists.
+
+    Their functions take ``group=group.WORLD`` as a default argument,
+    evaluated at import: imported after the group is created they would
+    hold the group object for the life of the interpreter (see the module
     docstring). Imported first, the default is ``None`` (the default group
-    at call time), which is what the functions mean.
+    at call time), which is what the functions mean. Call it before
+    starting a group by hand (``torch.distributed.init_process_group``);
+    :func:`init_process_group` calls it.
     """
-    if 'torch.distributed.nn' in sys.modules:
-        return
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    late = [name for name in MODULES_BINDING_WORLD if name not in sys.modules]
+    if late and torch_dist.is_available() and torch_dist.is_initialized():
         print_log(
-            'torch.distributed.nn is imported after the process group was '
-            'created: its default arguments keep the group alive until the '
-            'process ends, so its worker threads cannot be joined at exit.',
+            f'{", ".join(late)} imported after the process group was '
+            'created: their default arguments keep the group alive until '
+            'the process ends, so its worker threads cannot be joined at '
+            'exit.',
             logger='current',
             level=logging.WARNING)
-    import torch.distributed.nn  # noqa: F401
+    for name in late:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a torch without it cannot bind the group
+            continue
 
 
 def init_process_group(launcher: str,
@@ -125,7 +147,7 @@ def init_process_group(launcher: str,
         **kwargs: Passed on; ``timeout`` is in seconds, as in
             ``env_cfg.dist_cfg``.
     """
-    _bind_functional_defaults_early()
+    import_modules_binding_world()
     if (launcher == 'pytorch' and init_backend == 'torch'
             and not accelerator_available()):
         if backend != 'gloo':
@@ -260,9 +282,11 @@ def shutdown_process_group(owners: Optional[Iterable] = None) -> None:
         print_log(
             f'{left} gloo worker thread(s) are still running after the '
             'process group was destroyed: something still references the '
-            'group (e.g. a DistributedDataParallel kept by user code), so '
-            'the process may abort at exit. Drop that reference before the '
-            'program ends.',
+            'group (a DistributedDataParallel kept by user code, or one of '
+            f'{", ".join(MODULES_BINDING_WORLD)} first imported after the '
+            'group was created), so the process may abort at exit. Drop '
+            'that reference before the program ends, or call '
+            'import_modules_binding_world() before starting the group.',
             logger='current',
             level=logging.WARNING)
 
