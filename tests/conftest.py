@@ -246,6 +246,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_gloo_group(rank: int,
+                     world_size: int,
+                     port: int,
+                     timeout_s: float = 60) -> None:
+    """Start a gloo group in a process of ``torch.multiprocessing.spawn``.
+
+    The torch modules that bind the group as a default argument are
+    imported first. Imported after the group exists (importing mmengine's
+    model or optim package does that), they keep the group to the end of
+    the process, gloo's worker threads with it, and a thread still alive
+    at interpreter exit can abort a rank that passed (``terminate called
+    without an active exception``, SIGABRT). See
+    ``galddc_mm/engine/runner/process_group.py``.
+
+    Args:
+        rank (int): This process's rank.
+        world_size (int): The number of processes.
+        port (int): A free port on 127.0.0.1 (:func:`free_port`), the same
+            for every rank.
+        timeout_s (float): The collective timeout in seconds. Defaults to
+            60.
+    """
+    from datetime import timedelta
+
+    import torch.distributed as torch_dist
+
+    from galddc_mm.engine.runner import import_modules_binding_world
+    import_modules_binding_world()
+    torch_dist.init_process_group(
+        'gloo',
+        init_method=f'tcp://127.0.0.1:{port}',
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s))
+
+
+def end_gloo_group() -> Optional[int]:
+    """End the group of :func:`start_gloo_group`; say whether it is gone.
+
+    Destroys the default group and collects garbage, as the runner does at
+    exit. Drop every ``DistributedDataParallel`` first: each one holds the
+    group.
+
+    Returns:
+        int | None: The gloo worker threads still alive, which must be 0
+        for the process to exit safely (None where threads cannot be
+        listed). Workers hand it to the test, which asserts it.
+    """
+    from galddc_mm.engine.runner.process_group import (
+        gloo_worker_threads,
+        shutdown_process_group,
+    )
+    shutdown_process_group()
+    return gloo_worker_threads()
+
+
 def load_tool(name: str):
     """Import ``tools/<name>.py`` as a module (to call its functions)."""
     path = osp.join(REPO_ROOT, 'tools', f'{name}.py')

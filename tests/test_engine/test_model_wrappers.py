@@ -14,7 +14,7 @@ from unittest import TestCase
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
-from conftest import free_port
+from conftest import end_gloo_group, free_port, start_gloo_group
 from mmengine.model import BaseModel
 
 WORLD_SIZE = 2
@@ -124,18 +124,14 @@ def parts_loss(model, rank):
 def _worker(rank, port, out_dir):
     os.environ['OMP_NUM_THREADS'] = '1'
     torch.set_num_threads(1)
-    import torch.distributed as torch_dist
     from mmengine.optim import OptimWrapper, OptimWrapperDict
     from mmengine.registry import DefaultScope
     from mmengine.runner.checkpoint import get_state_dict
     from mmpretrain.registry import MODEL_WRAPPERS
 
     import galddc_mm  # noqa: F401
-    torch_dist.init_process_group(
-        'gloo',
-        init_method=f'tcp://127.0.0.1:{port}',
-        rank=rank,
-        world_size=WORLD_SIZE)
+    from galddc_mm.engine.runner.process_group import release_model_wrappers
+    start_gloo_group(rank, WORLD_SIZE, port)
     DefaultScope.get_instance(f'wrappers_{rank}', scope_name='mmpretrain')
     out = {}
     # mmengine's Runner passes device_ids=[LOCAL_RANK] to DDP wrappers.
@@ -182,8 +178,11 @@ def _worker(rank, port, out_dir):
         n.replace('.module', ''): p.grad.clone()
         for n, p in model.named_parameters() if p.grad is not None
     }
+    # The wrappers hold the group: drop them before it ends.
+    release_model_wrappers(sep)
+    del ddp, sep, sgd, optims
+    out['gloo_threads_left'] = end_gloo_group()
     torch.save(out, osp.join(out_dir, f'rank{rank}.pth'))
-    torch_dist.destroy_process_group()
 
 
 class TestModelWrappersTwoProcesses(TestCase):
@@ -209,6 +208,12 @@ class TestModelWrappersTwoProcesses(TestCase):
         self.assertEqual(sorted(got), sorted(expected))
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], msg=name)
+
+    def test_group_ends_with_no_thread_left(self):
+        # Once the wrappers are released nothing holds the group: no gloo
+        # thread is left to abort a rank at interpreter exit.
+        self.assertEqual([r['gloo_threads_left'] for r in self.results],
+                         [0] * WORLD_SIZE)
 
     def test_cpu_compatible_ddp_averages_gradients(self):
         expected, _ = expected_after_step(PlainToy, plain_loss)

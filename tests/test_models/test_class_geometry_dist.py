@@ -6,14 +6,12 @@ the EMA batches are split unevenly between the ranks and all-reduced.
 """
 import os
 import os.path as osp
-import socket
 import tempfile
-from datetime import timedelta
 from unittest import TestCase
 
 import torch
-import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from conftest import end_gloo_group, free_port, start_gloo_group
 
 NUM_CLASSES, DIM = 7, 5
 # Class 6 has no sample at all; class 5 has a single one.
@@ -81,25 +79,16 @@ def run_geometry(rank=None):
 def _worker(rank, world_size, port, out_dir):
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     torch.set_num_threads(1)
-    torch_dist.init_process_group(
-        'gloo',
-        init_method=f'tcp://127.0.0.1:{port}',
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60))
+    start_gloo_group(rank, world_size, port)
     try:
         from mmengine.dist import get_world_size
         assert get_world_size() == world_size
         state = run_geometry(rank)
-        torch.save(state, osp.join(out_dir, f'rank{rank}.pth'))
     finally:
-        torch_dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+        threads_left = end_gloo_group()
+    torch.save(
+        dict(state=state, gloo_threads_left=threads_left),
+        osp.join(out_dir, f'rank{rank}.pth'))
 
 
 class TestClassGeometryDistributed(TestCase):
@@ -111,10 +100,14 @@ class TestClassGeometryDistributed(TestCase):
                 args=(2, free_port(), out_dir),
                 nprocs=2,
                 join=True)
-            states = [
+            results = [
                 torch.load(osp.join(out_dir, f'rank{r}.pth'))
                 for r in range(2)
             ]
+        # Nothing holds the group after it ends: no gloo thread is left to
+        # abort a rank at interpreter exit.
+        self.assertEqual([r['gloo_threads_left'] for r in results], [0, 0])
+        states = [r['state'] for r in results]
         single = run_geometry(None)
         self.assertEqual(set(states[0]), set(single))
         for key, value in single.items():
