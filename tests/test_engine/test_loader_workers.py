@@ -93,11 +93,7 @@ class TestStopLoaderWorkers(TestCase):
 class TestRunnerStopsWorkers(TestCase):
 
     def setUp(self):
-        self._tmp = tempfile.TemporaryDirectory()
-        self.tmp = self._tmp.name
-
-    def tearDown(self):
-        self._tmp.cleanup()
+        self.tmp = self.enterContext(tempfile.TemporaryDirectory())
 
     def _runner(self, hook):
         return toy_runner(
