@@ -92,6 +92,9 @@ class TestShutdown(TestCase):
 class TestReleaseModelWrappers(TestCase):
 
     def test_whole_and_per_child_wrappers(self):
+        # A group started by hand, as the docstring of
+        # import_modules_binding_world asks.
+        process_group.import_modules_binding_world()
         with mock.patch.dict(os.environ, _single_process_env()):
             torch_dist.init_process_group('gloo')
         try:
