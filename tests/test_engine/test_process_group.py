@@ -133,6 +133,10 @@ class TestModulesBindingWorld(TestCase):
             import torch.distributed.fsdp.sharded_grad_scaler
             import torch.distributed.nn
             import torch.distributed.optim
+            # A collective: the worker that runs it has named its thread
+            # (a thread just started may not have yet).
+            import torch
+            torch.distributed.all_reduce(torch.ones(1))
             running = pg.gloo_worker_threads()
             pg.shutdown_process_group()
             print(json.dumps(dict(not_yet=not_yet, running=running,

@@ -234,6 +234,10 @@ def live_thread_names() -> Optional[List[str]]:
 def gloo_worker_threads() -> Optional[int]:
     """The number of live gloo collective threads of this process.
 
+    A worker names itself when it starts to run, so right after a group
+    starts its threads may still go unnamed and uncounted; once a
+    collective has completed, the worker that ran it is counted.
+
     Returns:
         int | None: The count, or None where threads cannot be listed.
     """
